@@ -1,0 +1,1 @@
+"""The ``logvmamba-nnunet`` command line."""

@@ -1,0 +1,1 @@
+"""Segmentation networks built from the LoG-VMamba blocks."""
