@@ -1,0 +1,114 @@
+"""``logvmamba-nnunet demo``: synthetic data -> plan -> train -> predict -> evaluate, with nnU-Net's own commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, with_ext_trainer_folder
+
+DEMO_TRAINER = "nnUNetTrainerLoGVMamba_Demo"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="train and evaluate LoG-VMamba on a synthetic 3D dataset (CPU, about 10 minutes)",
+        description="Generate a synthetic 3D dataset, then run nnU-Net's stock commands: plan_and_preprocess, "
+                    f"train (-tr {DEMO_TRAINER}, a short schedule), predict the held-out cases and evaluate; print "
+                    "a per-class Dice table. Everything is written under --output.")
+    parser.add_argument("-o", "--output", required=True, help="folder for all demo files (must be new or empty)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output folder written by an earlier demo (never any other folder)")
+    parser.add_argument("-d", "--dataset-id", type=int, default=987, help="dataset id to use (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default: %(default)s)")
+    parser.add_argument("--trainer", default=DEMO_TRAINER, help="trainer to use (default: %(default)s)")
+    parser.add_argument("--num-train", type=int, default=10, help="training cases (default: %(default)s)")
+    parser.add_argument("--num-test", type=int, default=4, help="held-out test cases (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def _environment(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+        "nnUNet_results": str(root / "nnUNet_results"), "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2",
+        "nnUNet_compile": "false", "PYTHONUNBUFFERED": "1",
+        EXT_TRAINER_ENV: with_ext_trainer_folder(os.environ.get(EXT_TRAINER_ENV)),
+    })
+    return env
+
+
+def _run_step(title: str, command: list[str], env: dict[str, str], log_file: Path) -> None:
+    """Run one stock command, streaming its output to the console and to ``log_file``."""
+    print(f"\n=== {title}\n$ {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    lines: list[str] = []
+    with open(log_file, "w") as log, subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            log.write(line)
+            lines.append(line)
+            print(f"  {line}", end="", flush=True)
+    if process.returncode != 0:
+        tail = "".join(lines[-30:])
+        raise RuntimeError(f"step '{title}' failed with exit code {process.returncode}; its last output:\n{tail}")
+    print(f"=== {title}: done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def dice_table(summary_file: Path, label_names: dict[str, int]) -> str:
+    """Per-class Dice (mean over test cases) from nnU-Net's evaluation summary.json, as text."""
+    summary = json.loads(summary_file.read_text())
+    names = {str(v): k for k, v in label_names.items()}
+    rows = [f"{'class':<12} {'Dice':>7}"]
+    for label, metrics in summary["mean"].items():
+        rows.append(f"{names.get(label.strip('()').rstrip(','), label):<12} {metrics['Dice']:>7.4f}")
+    rows.append(f"{'mean':<12} {summary['foreground_mean']['Dice']:>7.4f}")
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from logvmamba_nnunet.data.safe_output import staged_folder
+    from logvmamba_nnunet.data.synthetic import make_synthetic_dataset
+
+    destination = Path(args.output).resolve()
+    start = time.perf_counter()
+    try:
+        with staged_folder(destination, args.overwrite, "demo output folder") as root:
+            env = _environment(root)
+            logs = root / "logs"
+            logs.mkdir()
+            print(f"=== generating a synthetic 3D dataset ({args.num_train} training, {args.num_test} test cases)")
+            dataset = make_synthetic_dataset(root / "nnUNet_raw", args.dataset_id, num_train=args.num_train,
+                                             num_test=args.num_test, dims=3)
+            ident = str(args.dataset_id)
+            _run_step("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", ident, "-c", "3d_fullres",
+                                              "-np", "2", "--verify_dataset_integrity"], env, logs / "plan.log")
+            _run_step("train fold 0", ["nnUNetv2_train", ident, "3d_fullres", "0", "-tr", args.trainer,
+                                       "-device", args.device], env, logs / "train.log")
+            predictions = root / "predictions"
+            _run_step("predict held-out cases", [
+                "nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(predictions), "-d", ident,
+                "-c", "3d_fullres", "-f", "0", "-tr", args.trainer, "-device", args.device,
+                "-npp", "1", "-nps", "1"], env, logs / "predict.log")
+            results = next((root / "nnUNet_results").glob(f"Dataset{args.dataset_id:03d}_*"))
+            plans_dir = results / f"{args.trainer}__nnUNetPlans__3d_fullres"
+            _run_step("evaluate", [
+                "nnUNetv2_evaluate_folder", str(dataset / "labelsTs"), str(predictions),
+                "-djfile", str(plans_dir / "dataset.json"), "-pfile", str(plans_dir / "plans.json"),
+                "-np", "1"], env, logs / "evaluate.log")
+            table = dice_table(predictions / "summary.json",
+                               json.loads((dataset / "dataset.json").read_text())["labels"])
+            (root / "dice_table.txt").write_text(table + "\n")
+    except (FileExistsError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"\nDice on {args.num_test} held-out synthetic cases ({args.trainer}, fold 0):\n{table}")
+    print(f"\nwall time: {time.perf_counter() - start:.0f} s")
+    print(f"everything is in {destination}: nnUNet_raw/, nnUNet_preprocessed/, nnUNet_results/ (model, training "
+          "log, progress.png), predictions/ (segmentations + summary.json), logs/, dice_table.txt")
+    return 0

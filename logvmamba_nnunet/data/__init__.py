@@ -1,0 +1,1 @@
+"""Synthetic datasets in nnU-Net raw format (for the demo and the tests)."""

@@ -1,0 +1,39 @@
+"""The ``nnUNetTrainer`` subclasses of this package (found by nnU-Net through ``nnUNet_extTrainer``)."""
+
+from logvmamba_nnunet.nnunet_trainers.epochs import (
+    nnUNetTrainerLoGVMamba_50epochs,
+    nnUNetTrainerLoGVMamba_100epochs,
+    nnUNetTrainerLoGVMamba_250epochs,
+    nnUNetTrainerLoGVMamba_500epochs,
+)
+from logvmamba_nnunet.nnunet_trainers.logvmamba import (
+    nnUNetTrainerGVMamba,
+    nnUNetTrainerLoGVMamba,
+    nnUNetTrainerLoGVMamba_Head,
+    nnUNetTrainerLoGVMamba_K2,
+    nnUNetTrainerLoGVMamba_K4,
+    nnUNetTrainerLoGVMamba_Middle,
+    nnUNetTrainerLoGVMamba_NoAMP,
+    nnUNetTrainerLoGVMamba_Split,
+    nnUNetTrainerLoGVMamba_Tiny,
+    nnUNetTrainerLVMamba,
+    nnUNetTrainerVSSMamba,
+)
+
+__all__ = [
+    "nnUNetTrainerLoGVMamba",
+    "nnUNetTrainerLVMamba",
+    "nnUNetTrainerGVMamba",
+    "nnUNetTrainerVSSMamba",
+    "nnUNetTrainerLoGVMamba_Head",
+    "nnUNetTrainerLoGVMamba_Middle",
+    "nnUNetTrainerLoGVMamba_Split",
+    "nnUNetTrainerLoGVMamba_K2",
+    "nnUNetTrainerLoGVMamba_K4",
+    "nnUNetTrainerLoGVMamba_NoAMP",
+    "nnUNetTrainerLoGVMamba_Tiny",
+    "nnUNetTrainerLoGVMamba_50epochs",
+    "nnUNetTrainerLoGVMamba_100epochs",
+    "nnUNetTrainerLoGVMamba_250epochs",
+    "nnUNetTrainerLoGVMamba_500epochs",
+]

@@ -1,0 +1,139 @@
+"""nnU-Net trainers for the LoG-VMamba family (SPEC §6, §8).
+
+``nnUNetTrainerLoGVMamba`` follows the paper's recipe: Dice + CE (nnU-Net's loss, Dice + BCE for regions), Adam
+with learning rate 1e-4 and weight decay 1e-4 (A_log and D excluded), nnU-Net's poly schedule, horizontal scan only
+(K = 1), interleaved global tokens, nnU-Net's sliding-window inference. The ablation trainers put the same mixer
+kind after every encoder stage; the placement and direction variants change one setting each.
+
+Class attributes describe the network, so every variant is a small subclass and
+``build_network_architecture`` (a classmethod, which nnU-Net calls like its static method) sees them both in
+training and when ``nnUNetv2_predict`` rebuilds the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from logvmamba_nnunet.modules.weight_decay import parameter_groups_for_weight_decay
+from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet
+from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
+
+
+class nnUNetTrainerLoGVMamba(nnUNetTrainer):
+    """LoG-VMamba U-Net (U-Mamba-Enc with LoG-family encoder blocks), paper recipe."""
+
+    stage_kind: str | None = None  # None: the per-stage rule of networks.stage_rules; else this kind everywhere
+    placement: str = "interleaved"
+    directions: int = 1
+    force_fp32: bool = False
+    learning_rate: float = 1e-4
+    adam_weight_decay: float = 1e-4
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = self.learning_rate
+        self.weight_decay = self.adam_weight_decay
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        if self.force_fp32:
+            self.grad_scaler = None
+
+    @classmethod
+    def network_overrides(cls, n_stages: int) -> dict:
+        """Keyword arguments this trainer adds to the plan's architecture kwargs."""
+        overrides = {"placement": cls.placement, "directions": cls.directions, "force_fp32": cls.force_fp32}
+        if cls.stage_kind is not None:
+            overrides["stage_kinds"] = [cls.stage_kind] * n_stages
+        return overrides
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        kwargs = network_kwargs_from_configuration(configuration_manager)
+        kwargs.update(cls.network_overrides(kwargs["n_stages"]))
+        return LoGVMambaUNet(num_input_channels, num_output_channels, enable_deep_supervision, **kwargs)
+
+    def configure_optimizers(self):
+        groups = parameter_groups_for_weight_decay(self.network, self.weight_decay)
+        optimizer = torch.optim.Adam(groups, lr=self.initial_lr)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _do_i_compile(self) -> bool:
+        """torch.compile only when ``nnUNet_compile`` explicitly asks for it (and nnU-Net allows it)."""
+        if os.environ.get("nnUNet_compile", "").lower() not in ("true", "1", "t"):
+            return False
+        return super()._do_i_compile()
+
+
+class nnUNetTrainerLVMamba(nnUNetTrainerLoGVMamba):
+    """Ablation: L-VMamba (local token extractor) after every encoder stage."""
+
+    stage_kind = "local"
+
+
+class nnUNetTrainerGVMamba(nnUNetTrainerLoGVMamba):
+    """Ablation: G-VMamba (vanilla extractor + global tokens) after every encoder stage."""
+
+    stage_kind = "global"
+
+
+class nnUNetTrainerVSSMamba(nnUNetTrainerLoGVMamba):
+    """Ablation baseline: the vanilla VSS mixer after every encoder stage."""
+
+    stage_kind = "vss"
+
+
+class nnUNetTrainerLoGVMamba_Head(nnUNetTrainerLoGVMamba):
+    """Global tokens at the head of the sequence."""
+
+    placement = "head"
+
+
+class nnUNetTrainerLoGVMamba_Middle(nnUNetTrainerLoGVMamba):
+    """Global tokens in the middle of the sequence."""
+
+    placement = "middle"
+
+
+class nnUNetTrainerLoGVMamba_Split(nnUNetTrainerLoGVMamba):
+    """Half of the global tokens first, the other half in the middle (authors' ``split``)."""
+
+    placement = "split"
+
+
+class nnUNetTrainerLoGVMamba_K2(nnUNetTrainerLoGVMamba):
+    """Two scan directions (raster order and its reverse)."""
+
+    directions = 2
+
+
+class nnUNetTrainerLoGVMamba_K4(nnUNetTrainerLoGVMamba):
+    """Four scan directions (raster, transposed, and both reversed)."""
+
+    directions = 4
+
+
+class nnUNetTrainerLoGVMamba_NoAMP(nnUNetTrainerLoGVMamba):
+    """Whole network in fp32 (autocast disabled inside the network, no gradient scaler)."""
+
+    force_fp32 = True
+
+
+class nnUNetTrainerLoGVMamba_Tiny(nnUNetTrainerLoGVMamba):
+    """For tests and demos: 2 epochs of 4 iterations, 2 validation iterations."""
+
+    epochs = 2
+    iterations_per_epoch = 4
+    val_iterations_per_epoch = 2
