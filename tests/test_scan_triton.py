@@ -34,9 +34,10 @@ CASES: dict[str, tuple[int, int, int, int, int, dict]] = {
     "length_one": (1, 4, 4, 1, 1, {"D": True, "z": True, "delta_bias": True, "softplus": True,
                                    "last_state": True}),
     "length_seven_three_channels_per_group": (1, 6, 4, 7, 2, {"D": True, "z": True, "softplus": True}),
-    "large_steps_last_state_only": (1, 4, 8, 40, 1, {"delta_bias": True, "softplus": True, "last_state": True,
-                                                     "large_steps": True, "loss": "last_state",
-                                                     "chunk_size": 16}),
+    "large_steps": (1, 4, 8, 40, 1, {"D": True, "delta_bias": True, "softplus": True, "last_state": True,
+                                     "large_steps": True, "chunk_size": 16}),
+    "last_state_gradient_only": (1, 4, 4, 20, 1, {"z": True, "last_state": True, "loss": "last_state",
+                                                  "chunk_size": 8}),
     "bfloat16_inputs": (1, 4, 4, 20, 1, {"D": True, "z": True, "dtype": "bfloat16", "last_state": True}),
 }
 DETERMINISM_CASE = "grouped_plain_auto_chunks"

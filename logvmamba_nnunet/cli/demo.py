@@ -39,6 +39,8 @@ def _environment(root: Path) -> dict[str, str]:
         "nnUNet_results": str(root / "nnUNet_results"), "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2",
         "nnUNet_compile": "false", "PYTHONUNBUFFERED": "1",
         EXT_TRAINER_ENV: with_ext_trainer_folder(os.environ.get(EXT_TRAINER_ENV)),
+        # nnU-Net's console scripts sit next to this interpreter, also when its environment is not activated
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     })
     return env
 

@@ -71,13 +71,17 @@ def check_scan_backend() -> list[Check]:
     from logvmamba_nnunet.ops.backends import describe_backends, resolve_backend
 
     checks = []
-    for name, (available, reason) in describe_backends().items():
+    backends = describe_backends()
+    for name, (available, reason) in backends.items():
         checks.append(Check(f"scan backend {name}", True, ("available" if available else "unavailable")
                             + (f": {reason}" if reason else "")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = resolve_backend(os.environ.get("LOGVMAMBA_SCAN_BACKEND", "auto"), device)
-        checks.append(Check("scan backend in use", True, f"{chosen} (on {device.type})"))
+        available, reason = backends["mamba_ssm"]
+        reasons = ([] if device.type == "cuda" else ["no CUDA device"]) + ([] if available else ["it does not import"])
+        why = "" if chosen == "mamba_ssm" else "; mamba-ssm's CUDA kernel is not used: " + " and ".join(reasons)
+        checks.append(Check("scan backend in use", True, f"{chosen} (on {device.type}){why}"))
     except (RuntimeError, ValueError) as error:
         checks.append(Check("scan backend in use", False, str(error),
                             "unset LOGVMAMBA_SCAN_BACKEND or install what the message names"))

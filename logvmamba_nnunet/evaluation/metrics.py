@@ -109,6 +109,17 @@ def dice_iou(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return 2.0 * intersection / total, intersection / (total - intersection)
 
 
+def _crop_to_union(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to the bounding box of their union plus one voxel (within the image): surfaces and
+    distances are unchanged, and MONAI gets small tensors instead of whole volumes."""
+    union = pred | ref
+    box = []
+    for axis in range(union.ndim):
+        present = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        box.append(slice(max(int(present[0]) - 1, 0), int(present[-1]) + 2))
+    return pred[tuple(box)], ref[tuple(box)]
+
+
 def _as_monai_input(mask: np.ndarray) -> torch.Tensor:
     """(X, Y[, Z]) boolean mask -> (1, 1, X, Y[, Z]) float tensor (MONAI's one-hot batch layout)."""
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
@@ -138,6 +149,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     """
     pred, ref, spacing = prepare_mask_pair(pred, ref, spacing)
     _require_non_empty(pred, ref, "HD95")
+    pred, ref = _crop_to_union(pred, ref)
     with _quiet_monai():
         distance = compute_hausdorff_distance(_as_monai_input(pred), _as_monai_input(ref),
                                               include_background=True, percentile=HD95_PERCENTILE,
@@ -158,6 +170,7 @@ def normalized_surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Sequence
         raise ValueError(f"NSD tolerance must be finite and >= 0, got {tolerance_mm}.")
     pred, ref, spacing = prepare_mask_pair(pred, ref, spacing)
     _require_non_empty(pred, ref, "NSD")
+    pred, ref = _crop_to_union(pred, ref)
     with _quiet_monai():
         nsd = compute_surface_dice(_as_monai_input(pred), _as_monai_input(ref),
                                    class_thresholds=[tolerance_mm], include_background=True,

@@ -128,11 +128,11 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
         self.force_fp32 = force_fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        if x.dim() != len(self.stage_configs[0].planned_size) + 2 or x.shape[1] != self.input_channels:
-            raise ValueError(f"expected input (B, {self.input_channels}, "
-                             f"{', '.join('*' * 1 for _ in self.stage_configs[0].planned_size)}), got "
-                             f"{tuple(x.shape)}: the network was built for {self.input_channels} input channels "
-                             "(check the dataset's channel_names / the images' modalities).")
+        dims = len(self.stage_configs[0].planned_size)
+        if x.dim() != dims + 2 or x.shape[1] != self.input_channels:
+            raise ValueError(f"expected a {dims}D input (B, {self.input_channels}, *spatial), got {tuple(x.shape)}: "
+                             f"the network was built for {self.input_channels} input channels (check the dataset's "
+                             "channel_names and the images' modalities).")
         if self.force_fp32:
             with torch.autocast(device_type=x.device.type, enabled=False):
                 return super().forward(x.float())

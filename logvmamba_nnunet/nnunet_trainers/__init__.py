@@ -9,6 +9,7 @@ from logvmamba_nnunet.nnunet_trainers.epochs import (
 from logvmamba_nnunet.nnunet_trainers.logvmamba import (
     nnUNetTrainerGVMamba,
     nnUNetTrainerLoGVMamba,
+    nnUNetTrainerLoGVMamba_Demo,
     nnUNetTrainerLoGVMamba_Head,
     nnUNetTrainerLoGVMamba_K2,
     nnUNetTrainerLoGVMamba_K4,
@@ -32,6 +33,7 @@ __all__ = [
     "nnUNetTrainerLoGVMamba_K4",
     "nnUNetTrainerLoGVMamba_NoAMP",
     "nnUNetTrainerLoGVMamba_Tiny",
+    "nnUNetTrainerLoGVMamba_Demo",
     "nnUNetTrainerLoGVMamba_50epochs",
     "nnUNetTrainerLoGVMamba_100epochs",
     "nnUNetTrainerLoGVMamba_250epochs",

@@ -1,18 +1,20 @@
 """Triton backend of the Mamba-1 selective scan (SPEC §1), forward and backward.
 
 Layout of the work: every program owns one batch element, a block of ``BLOCK_D`` channels (all in one
-B/C group) and one chunk of the sequence; it walks its chunk in tiles of ``BLOCK_T`` steps and keeps the
-state tile ``(BLOCK_D, N)`` in registers, in fp32. Inside a tile the recurrence ``h_t = a_t h_{t-1} + b_t``
-is an associative scan over the pairs ``(a_t, b_t)``, which only ever multiplies decays ``a_t <= 1``
-(no division, no log-space), so it is as exact as the sequential loop.
+B/C group) and one chunk of the sequence; it walks its chunk in tiles of ``BLOCK_T`` steps, with the
+states of a tile ``(BLOCK_T, BLOCK_D, N)`` in registers, in fp32 (one thread per (channel, state) pair
+holds all ``BLOCK_T`` steps). Inside a tile the recurrence ``h_t = a_t h_{t-1} + b_t`` is an associative
+scan over the pairs ``(a_t, b_t)``, which only ever multiplies decays ``a_t <= 1`` (no division, no
+log-space), so it is as exact as the sequential loop.
 
 Forward (three launches):
   1. chunk summaries: each chunk scanned from a zero state gives its end state and its decay product;
   2. carry: one program per channel block walks the chunks in order and writes each chunk's true start
      state (``h_start[c+1] = decay[c] * h_start[c] + end[c]``);
   3. output: each chunk is rescanned from its true start state, giving ``y`` (and ``h_{L-1}``); when
-     gradients are needed it also stores the state at the start of every tile (``N / BLOCK_T`` of the
-     input size), the only thing the backward keeps besides the inputs.
+     gradients are needed it also stores the state at the start of every tile (B, D, L / BLOCK_T, N) in
+     fp32 (for N = BLOCK_T = 16 as large as u in fp32), the only thing the backward keeps besides the
+     inputs.
 With a single chunk, launches 1 and 2 are skipped.
 
 Backward (three launches), with the adjoint ``lambda_t = dL/dh_t`` obeying the reverse recurrence
@@ -52,7 +54,8 @@ __all__ = ["TRITON_AVAILABLE", "selective_scan_triton"]
 TRITON_AVAILABLE = triton is not None
 
 # A program's tile is (BLOCK_T, BLOCK_D, BLOCK_N): one thread per (channel, state) pair, holding the
-# BLOCK_T steps in registers; larger tiles make the backward kernel spill.
+# BLOCK_T steps in registers. With N = 16 the backward kernel needs about 200 registers per thread for
+# BLOCK_T = 16 (checked with ptxas for sm_90); twice that would spill.
 _MAX_BLOCK_D = 16
 _BLOCK_T = 16
 _MAX_WARPS = 8

@@ -1,0 +1,103 @@
+"""The LoG-VMamba U-Net built from nnU-Net-style architecture kwargs."""
+
+import pytest
+import torch
+from torch import nn
+
+from logvmamba_nnunet.networks.log_vmamba_unet import ChannelsFirstBlock, LoGVMambaUNet, brats_reference_arch_kwargs
+
+
+def plan_kwargs(dims: int, n_stages: int, features: list[int], patch: list[int], strides: list[list[int]],
+                blocks_key: str = "n_conv_per_stage") -> dict:
+    conv, norm = (nn.Conv3d, nn.InstanceNorm3d) if dims == 3 else (nn.Conv2d, nn.InstanceNorm2d)
+    return {"n_stages": n_stages, "features_per_stage": features, "conv_op": conv,
+            "kernel_sizes": [[3] * dims] * n_stages, "strides": strides, blocks_key: [1] * n_stages,
+            "n_conv_per_stage_decoder": [1] * (n_stages - 1), "conv_bias": True, "norm_op": norm,
+            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "nonlin": nn.LeakyReLU,
+            "nonlin_kwargs": {"inplace": True}, "patch_size": patch}
+
+
+def test_real_sized_3d_plan_on_meta_device():
+    """nnU-Net-like 6-stage plan at 128^3 with 4 input channels: per-stage kinds, GTX settings."""
+    kwargs = plan_kwargs(3, 6, [32, 64, 128, 256, 320, 320], [128] * 3, [[1] * 3] + [[2] * 3] * 5)
+    with torch.device("meta"):
+        net = LoGVMambaUNet(4, 4, True, **kwargs)
+    assert [c.kind for c in net.stage_configs] == ["local", "local_global", "local_global", "local_global",
+                                                    "global", "global"]
+    assert [c.gtx_stride for c in net.stage_configs] == [1, 4, 2, 1, 1, 1]
+    assert [c.gtx_squeeze for c in net.stage_configs] == [1, 1, 1, 1, 2, 8]
+    mixers = [layer.block.mixer for layer in net.encoder.stage_layers]
+    assert [m.kind for m in mixers] == [c.kind for c in net.stage_configs]
+    assert net.encoder.residual_encoder.stem.convs[0].conv.in_channels == 4
+
+
+def test_brats_reference_parameter_count():
+    """Authors' 5-stage BraTS model: 20.55 M reported; this topology gives 20.14 M (see docs/architecture.md)."""
+    with torch.device("meta"):
+        net = LoGVMambaUNet(4, 3, True, **brats_reference_arch_kwargs())
+    count = sum(p.numel() for p in net.parameters())
+    assert 19.5e6 < count < 21.0e6
+
+
+@pytest.mark.parametrize("dims, patch, strides", [
+    (3, [12, 16, 16], [[1, 1, 1], [1, 2, 2], [2, 2, 2]]),
+    (2, [20, 24], [[1, 1], [2, 2], [2, 2]]),
+])
+def test_forward_shapes_with_and_without_deep_supervision(dims, patch, strides):
+    torch.manual_seed(0)
+    kwargs = plan_kwargs(dims, 3, [8, 16, 32], patch, strides, blocks_key="n_blocks_per_stage")
+    with_ds, without_ds = LoGVMambaUNet(2, 3, True, **kwargs), LoGVMambaUNet(2, 3, False, **kwargs)
+    assert [n for n, _ in with_ds.named_parameters()] == [n for n, _ in without_ds.named_parameters()]
+    without_ds.load_state_dict(with_ds.state_dict(), strict=True)
+    x = torch.randn(2, 2, *patch)
+    outputs = with_ds(x)
+    expected = [patch, [p // s for p, s in zip(patch, strides[1])]]  # one output per decoder level
+    assert [list(o.shape[2:]) for o in outputs] == expected
+    assert all(o.shape[:2] == (2, 3) for o in outputs)
+    single = without_ds(x)
+    torch.testing.assert_close(single, outputs[0])
+    sum(o.sum() for o in outputs).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in with_ds.parameters())
+
+
+def test_other_input_size_works():
+    kwargs = plan_kwargs(3, 3, [8, 16, 32], [16, 16, 16], [[1] * 3, [2] * 3, [2] * 3])
+    net = LoGVMambaUNet(1, 2, False, **kwargs).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 24, 20, 16)).shape == (1, 2, 24, 20, 16)
+
+
+def test_force_fp32_ignores_autocast():
+    kwargs = plan_kwargs(2, 2, [8, 16], [16, 16], [[1, 1], [2, 2]])
+    net = LoGVMambaUNet(1, 2, False, force_fp32=True, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(torch.randn(1, 1, 16, 16)).dtype == torch.float32
+
+
+def test_dotted_names_from_plans_are_resolved():
+    kwargs = plan_kwargs(2, 2, [8, 16], [16, 16], [[1, 1], [2, 2]])
+    kwargs.update(conv_op="torch.nn.modules.conv.Conv2d", norm_op="torch.nn.modules.instancenorm.InstanceNorm2d",
+                  nonlin="torch.nn.LeakyReLU")
+    net = LoGVMambaUNet(1, 2, False, **kwargs)
+    assert isinstance(net.encoder.stage_layers[0], ChannelsFirstBlock)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stage_kinds": ["local", "mamba"]}, "unknown stage kind"),
+    ({"placement": "tail"}, "placement"),
+    ({"conv_op": nn.Conv1d}, "2D \\(Conv2d\\) or 3D"),
+    ({"patch_size": [1, 16]}, "too small"),
+    ({"patch_size": None}, "patch_size is required"),
+    ({"patch_size": [16, 16, 16]}, "has 3 axes"),
+])
+def test_misuse_gives_clear_errors(change, message):
+    kwargs = plan_kwargs(2, 2, [8, 16], [16, 16], [[1, 1], [2, 2]])
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=message):
+        LoGVMambaUNet(1, 2, False, **kwargs)
+
+
+def test_wrong_number_of_input_channels():
+    net = LoGVMambaUNet(3, 2, False, **plan_kwargs(2, 2, [8, 16], [16, 16], [[1, 1], [2, 2]]))
+    with pytest.raises(ValueError, match="built for 3 input channels"):
+        net(torch.randn(1, 1, 16, 16))
