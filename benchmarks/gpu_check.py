@@ -9,14 +9,14 @@ Prints progress lines, then one markdown table (also written to ``--out``):
 - timing: forward and forward+backward through the public ``selective_scan(..., backend=...)`` with D,
   z, delta_bias and softplus (as the SSM blocks call it), fp32 inputs, N = 16, B/C of shape (B, N, L);
   median (and min) of repeated runs timed with CUDA events after one warm-up run (which also compiles
-  the Triton kernels); the number of repeats fits a per-case time budget;
+  the Triton kernels and gives the peak memory); the number of repeats fits a per-case time budget;
 - bandwidth: bytes moved by an ideal fused kernel / median time, against the device's copy bandwidth
   (a large device-to-device ``copy_``, counting bytes read plus written). With E = B*D*L and
   F = B*N*L, fp32: forward reads u, delta, z (3E) and B, C (2F) and writes y (E): 4 * (4E + 2F) bytes;
   the backward reads u, delta, z, dy (4E) and B, C (2F) and writes du, ddelta, dz (3E) and dB, dC (2F):
   4 * (7E + 4F) more bytes for forward+backward;
-- peak memory: ``torch.cuda.max_memory_allocated`` during one call, over what was allocated before it
-  (inputs excluded; outputs, gradients and temporaries included);
+- peak memory: ``torch.cuda.max_memory_allocated`` during the warm-up call, over what was allocated
+  before it (inputs excluded; outputs, gradients and temporaries included);
 - network: if ``logvmamba_nnunet.networks`` provides ``build_benchmark_network_3d(patch_size)``, one
   training step (forward, loss, backward; autocast as nnU-Net does on CUDA) of that network at a 128^3
   patch, batch 2, with its peak memory; otherwise "network: skipped (not available)".
@@ -77,7 +77,7 @@ class Settings:
 GPU_SETTINGS = Settings(
     device="cuda", parity_shape=(2, 64, 4096),
     timing_shapes=((2, 64, 32768), (2, 64, 262144), (2, 384, 4096), (2, 384, 32768)),
-    copy_bytes=1 << 30, seconds_per_case=3.0, max_repeats=20, network_patch=128, network_batch=2,
+    copy_bytes=1 << 30, seconds_per_case=2.0, max_repeats=20, network_patch=128, network_batch=2,
     network_repeats=3)
 DRY_RUN_SETTINGS = Settings(
     device="cpu", parity_shape=(1, 4, 40), timing_shapes=((1, 8, 48),), copy_bytes=1 << 22,
@@ -220,14 +220,16 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(call: Callable[[], None], settings: Settings) -> tuple[float, float, int]:
-    """Median and min milliseconds of ``call`` after one warm-up call, and the number of timed calls.
+def time_call(call: Callable[[], None], settings: Settings, warm_up: bool = True) -> tuple[float, float, int]:
+    """Median and min milliseconds of ``call`` (after one warm-up call, if asked), and the number of
+    timed calls.
 
     CUDA: CUDA events around each call; CPU: wall clock. Timed calls go on until their total passes
     ``settings.seconds_per_case`` or there are ``settings.max_repeats`` of them (at least one).
     """
-    call()
-    synchronize(settings.device)
+    if warm_up:
+        call()
+        synchronize(settings.device)
     times_ms: list[float] = []
     while not times_ms or (len(times_ms) < settings.max_repeats
                            and sum(times_ms) < 1e3 * settings.seconds_per_case):
@@ -246,8 +248,10 @@ def time_call(call: Callable[[], None], settings: Settings) -> tuple[float, floa
 
 
 def peak_extra_bytes(call: Callable[[], None], device: str) -> int | None:
-    """Peak CUDA memory allocated during ``call`` beyond what was allocated before it (None on CPU)."""
+    """Run ``call`` once; return the peak CUDA memory allocated during it beyond what was allocated
+    before it (None on CPU)."""
     if device != "cuda":
+        call()
         return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -297,14 +301,14 @@ def timing_row(report: Report, backend: str, shape: tuple[int, int, int], settin
 
     cells, peaks = [], []
     for mode, call in (("forward", forward), ("forward+backward", forward_backward)):
-        median_ms, min_ms, repeats = time_call(call, settings)
-        cells.append(format_timing(median_ms, min_ms, repeats, shape, mode, copy_gbs))
-        peak = peak_extra_bytes(call, settings.device)
+        peak = peak_extra_bytes(call, settings.device)  # also the warm-up (and Triton's compilation)
         peaks.append("n/a" if peak is None else f"{peak / 2**20:.0f} MiB")
+        median_ms, min_ms, repeats = time_call(call, settings, warm_up=False)
+        cells.append(format_timing(median_ms, min_ms, repeats, shape, mode, copy_gbs))
         if backend == "torch":
             torch_times[(shape, mode)] = median_ms
         elif (shape, mode) in torch_times:
-            cells[-1] += f"; {torch_times[(shape, mode)] / median_ms:.1f}x vs torch"
+            cells[-1] += f"; {torch_times[(shape, mode)] / median_ms:.3g}x vs torch"
     report.add("timing", backend, str(shape), *cells, f"peak extra memory fwd {peaks[0]}, fwd+bwd {peaks[1]}")
 
 
@@ -344,8 +348,8 @@ def network_row(report: Report, settings: Settings, log: Progress) -> None:
         network.zero_grad(set_to_none=True)
 
     network_settings = replace(settings, seconds_per_case=60.0, max_repeats=settings.network_repeats)
-    median_ms, min_ms, repeats = time_call(step, network_settings)
-    peak = peak_extra_bytes(step, settings.device)
+    peak = peak_extra_bytes(step, settings.device)  # also the warm-up
+    median_ms, min_ms, repeats = time_call(step, network_settings, warm_up=False)
     peak_text = "n/a" if peak is None else f"{peak / 2**30:.2f} GiB"
     report.add("network step (autocast)", resolve_backend("auto", settings.device),
                f"batch {settings.network_batch}, patch {settings.network_patch}^3", "-",

@@ -294,7 +294,8 @@ def _format_result(result: dict) -> tuple[str, str]:
 
 def benchmark_table(shapes, threads_list, algorithms, modes, device, repeats, max_bytes) -> list[dict]:
     """Run every case and print a markdown table; returns the rows."""
-    print(f"torch {torch.__version__}, device {device}")
+    where = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} logical CPUs)"
+    print(f"torch {torch.__version__}, device {where}")
     print("| (B, D, L) | threads | mode | algorithm | time (s) | peak extra memory (MiB) | "
           "speed-up vs loop |")
     print("|---|---|---|---|---|---|---|")
@@ -384,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     lengths = PARITY_LENGTHS
     if args.quick:
         shapes, threads, repeats, lengths = QUICK_SHAPES, (1,), 1, QUICK_PARITY_LENGTHS
+    if args.device == "cuda":
+        threads = (1,)  # CPU threads do not apply
     max_gib = args.max_gib if args.max_gib is not None else (40.0 if args.device == "cuda" else 4.0)
     parity_ok = True
     if args.parity or args.quick or args.device == "cuda":

@@ -195,3 +195,33 @@ def test_half_precision_inputs_are_computed_in_float32(dtype: torch.dtype) -> No
     # The state is computed in float32 from the rounded inputs: only the output rounding remains.
     assert relative_error(last, last_ref) <= OUTPUT_TOLERANCE
     assert relative_error(y, y_ref.to(dtype).double()) <= 1e-3
+
+
+def test_elementwise_contractions_used_on_cuda_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA code path (contractions as products and sums instead of bmm), run on CPU."""
+    monkeypatch.setattr(scan_torch, "_use_matmul", lambda x: False)
+    case = make_case(130, "large", groups=2, with_D=True, with_z=True, with_bias=True, softplus=True, seed=12)
+    assert_matches_reference(case, softplus=True, chunk_size=16)
+
+
+def test_autocast_does_not_lower_the_precision() -> None:
+    case = make_case(200, "default", groups=None, with_D=True, with_z=True, with_bias=True, softplus=True,
+                     seed=13)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = selective_scan(**case, delta_softplus=True, backend="torch")
+    y_ref = selective_scan_reference(**case, delta_softplus=True)
+    assert y.dtype == torch.float32
+    assert relative_error(y, y_ref) <= OUTPUT_TOLERANCE
+
+
+def test_gradient_through_the_last_state_only() -> None:
+    case = make_case(90, "default", groups=None, with_D=False, with_z=False, with_bias=True, softplus=True,
+                     seed=14)
+    ours = {k: v.clone().requires_grad_(True) for k, v in case.items() if v is not None}
+    ref = {k: v.double().requires_grad_(True) for k, v in case.items() if v is not None}
+    selective_scan(**ours, delta_softplus=True, return_last_state=True, backend="torch")[1].sum().backward()
+    selective_scan_reference(**ref, delta_softplus=True, return_last_state=True)[1].sum().backward()
+    assert ref["C"].grad is None  # C does not reach the state
+    assert ours["C"].grad is None or not ours["C"].grad.any()
+    for name in ("u", "delta", "A", "B", "delta_bias"):
+        assert relative_error(ours[name].grad, ref[name].grad) <= GRADIENT_TOLERANCE, name

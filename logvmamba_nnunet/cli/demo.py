@@ -13,6 +13,7 @@ from pathlib import Path
 from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, with_ext_trainer_folder
 
 DEMO_TRAINER = "nnUNetTrainerLoGVMamba_Demo"
+DEMO_SIZE = (32, 40, 32)  # small enough for a 2-core CPU to train in minutes
 
 
 def add_parser(subparsers) -> None:
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             logs.mkdir()
             print(f"=== generating a synthetic 3D dataset ({args.num_train} training, {args.num_test} test cases)")
             dataset = make_synthetic_dataset(root / "nnUNet_raw", args.dataset_id, num_train=args.num_train,
-                                             num_test=args.num_test, dims=3)
+                                             num_test=args.num_test, dims=3, size=DEMO_SIZE)
             ident = str(args.dataset_id)
             _run_step("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", ident, "-c", "3d_fullres",
                                               "-np", "2", "--verify_dataset_integrity"], env, logs / "plan.log")

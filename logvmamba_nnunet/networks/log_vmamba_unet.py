@@ -33,7 +33,7 @@ class ChannelsFirstBlock(nn.Module):
         self.block = block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x.movedim(1, -1)).movedim(-1, 1)
+        return self.block(x.movedim(1, -1)).movedim(-1, 1).contiguous()
 
 
 def _locate(value, what: str):

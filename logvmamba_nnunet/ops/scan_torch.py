@@ -131,6 +131,30 @@ def _prepare_steps(
     return steps, u_steps
 
 
+def _use_matmul(x: torch.Tensor) -> bool:
+    """Whether contractions run as batched matrix products (CPU) or as elementwise products and sums.
+
+    On CUDA, matrix products may run in TF32 or, under autocast, in half precision, depending on global
+    settings; elementwise products and sums are always exact float32 and cheap on a GPU.
+    """
+    return x.device.type == "cpu"
+
+
+def _sum_over_state(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sum_n x[..., h, n] * v[..., n] -> (..., h). On CPU it maps onto ``bmm`` without copies when the
+    leading dimensions of x and v are laid out alike."""
+    if _use_matmul(x):
+        return torch.einsum("...hn,...n->...h", x, v)
+    return (x * v.unsqueeze(-2)).sum(-1)
+
+
+def _sum_over_channels(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_h x[..., h, n] * w[..., h] -> (..., n), the per-group reduction for the B and C gradients."""
+    if _use_matmul(x):
+        return torch.einsum("...hn,...h->...n", x, w)
+    return (x * w.unsqueeze(-1)).sum(-2)
+
+
 def _decay(steps: _Steps, t: int, out: torch.Tensor) -> torch.Tensor:
     """exp(dt_t * A) for all chunks at step t, written into ``out`` (b, g, K, h, n)."""
     torch.mul(steps.dt[t].unsqueeze(-1), steps.A_log2, out=out)
@@ -170,7 +194,7 @@ def _chunk_outputs(steps: _Steps, starts: torch.Tensor) -> torch.Tensor:
     for t in range(steps.dt.shape[0]):
         state.mul_(_decay(steps, t, decay))
         state.addcmul_(steps.du[t].unsqueeze(-1), steps.B[t].unsqueeze(-2))
-        out[t] = torch.einsum("bgkhn,bgkn->bgkh", state, steps.C[t])
+        out[t] = _sum_over_state(state, steps.C[t])
     return out
 
 
@@ -280,15 +304,13 @@ def _backward_block(
         torch.mul(decays[t + 1], adjoints[t + 1], out=adjoints[t])
         adjoints[t].addcmul_(grad_block[t].unsqueeze(-1), block.C[t].unsqueeze(-2))
 
-    # The einsums contract over h or n with (t, b, g, k) as leading batch dimensions, so they run as
-    # batched matrix products on the buffers as laid out, without copies.
     states_after = states[1:]
-    grads.C[:, :, :, start:stop] = torch.einsum("tbgkhn,tbgkh->tbgkn", states_after, grad_block)
+    grads.C[:, :, :, start:stop] = _sum_over_channels(states_after, grad_block)
     if grads.yc is not None:
-        grads.yc[:, :, :, start:stop] = torch.einsum("tbgkhn,tbgkn->tbgkh", states_after, block.C)
-    adjoint_dot_B = torch.einsum("tbgkhn,tbgkn->tbgkh", adjoints, block.B)
+        grads.yc[:, :, :, start:stop] = _sum_over_state(states_after, block.C)
+    adjoint_dot_B = _sum_over_state(adjoints, block.B)
     grads.u[:, :, :, start:stop] = block.dt * adjoint_dot_B
-    grads.B[:, :, :, start:stop] = torch.einsum("tbgkhn,tbgkh->tbgkn", adjoints, block.du)
+    grads.B[:, :, :, start:stop] = _sum_over_channels(adjoints, block.du)
     # Gradient with respect to the exponent dt_t * A of each decay: lambda_t * exp(dt_t A) * h_{t-1}.
     exponent_grad = decays.mul_(states[:-1]).mul_(adjoints)
     scratch = torch.mul(exponent_grad, block.dt.unsqueeze(-1), out=adjoints)
@@ -315,7 +337,11 @@ def _softplus_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class ChunkedSelectiveScan(torch.autograd.Function):
-    """Autograd function for the chunked scan. Inputs are validated by the caller; B and C are grouped."""
+    """Autograd function for the chunked scan. Inputs are validated by the caller; B and C are grouped.
+
+    Forward and backward run with autocast disabled: the scan is always computed in float32 (float64 for
+    float64 inputs), also inside an autocast region.
+    """
 
     @staticmethod
     def forward(
@@ -332,17 +358,18 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         chunk: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns y (b, d, L) and the last state (b, d, n), both in the compute dtype."""
-        dtype = _compute_dtype(u)
-        uf, Af, Bf, Cf = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
-        dt = _step_sizes(delta.to(dtype), _cast(delta_bias, dtype), delta_softplus)[1]
-        steps = _prepare_steps(uf, dt, Af, Bf, Cf, chunk)[0]
-        del dt
-        starts, last_state = _carry_forward(_chunk_end_states(steps), steps.chunk_decays())
-        y = _from_steps(_chunk_outputs(steps, starts), u.shape[-1])
-        if D is not None:
-            y = y + D.to(dtype)[:, None] * uf
-        if z is not None:
-            y = y * F.silu(z.to(dtype))
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            dtype = _compute_dtype(u)
+            uf, Af, Bf, Cf = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
+            dt = _step_sizes(delta.to(dtype), _cast(delta_bias, dtype), delta_softplus)[1]
+            steps = _prepare_steps(uf, dt, Af, Bf, Cf, chunk)[0]
+            del dt
+            starts, last_state = _carry_forward(_chunk_end_states(steps), steps.chunk_decays())
+            y = _from_steps(_chunk_outputs(steps, starts), u.shape[-1])
+            if D is not None:
+                y = y + D.to(dtype)[:, None] * uf
+            if z is not None:
+                y = y * F.silu(z.to(dtype))
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
         ctx.delta_softplus = delta_softplus
         ctx.chunk = chunk
@@ -352,52 +379,53 @@ class ChunkedSelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor | None, grad_last: torch.Tensor | None):
         u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
-        dtype = starts.dtype
-        length, groups = u.shape[-1], B.shape[1]
-        uf = u.to(dtype)
-        if grad_y is None:
-            grad_y = torch.zeros_like(uf)
-        grad_y = grad_y.to(dtype)
-        pre_softplus, dt = _step_sizes(delta.to(dtype), _cast(delta_bias, dtype), ctx.delta_softplus)
-        steps, u_steps = _prepare_steps(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype), ctx.chunk)
-        del dt
-        grad_yc_full = grad_y if z is None else grad_y * F.silu(z.to(dtype))
-        grad_yc = _to_steps(grad_yc_full, groups, ctx.chunk)
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            dtype = starts.dtype
+            length, groups = u.shape[-1], B.shape[1]
+            uf = u.to(dtype)
+            if grad_y is None:
+                grad_y = torch.zeros_like(uf)
+            grad_y = grad_y.to(dtype)
+            pre_softplus, dt = _step_sizes(delta.to(dtype), _cast(delta_bias, dtype), ctx.delta_softplus)
+            steps, u_steps = _prepare_steps(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype), ctx.chunk)
+            del dt
+            grad_yc_full = grad_y if z is None else grad_y * F.silu(z.to(dtype))
+            grad_yc = _to_steps(grad_yc_full, groups, ctx.chunk)
 
-        b, g, num_chunks, h, n = starts.shape
-        chunk_decays = steps.chunk_decays()
-        last = None if grad_last is None else grad_last.to(dtype).view(b, g, h, n)
-        end_adjoints = _carry_backward(_chunk_start_adjoints(steps, grad_yc), chunk_decays, last)
-        del chunk_decays
-        grads = _StepGrads(
-            dt=torch.empty_like(steps.dt),
-            u=torch.empty_like(steps.dt),
-            B=torch.empty_like(steps.B),
-            C=torch.empty_like(steps.C),
-            A=A.new_zeros(g, h, n, dtype=dtype),
-            yc=torch.empty_like(steps.dt) if z is not None and ctx.needs_input_grad[6] else None,
-        )
-        per_block = _chunks_per_block(steps)
-        workspace = _BlockWorkspace(steps, per_block)
-        for start in range(0, num_chunks, per_block):
-            stop = min(start + per_block, num_chunks)
-            _backward_block(steps, u_steps, grad_yc, starts, end_adjoints, grads, workspace, start, stop)
-        del steps, u_steps, grad_yc, end_adjoints, workspace
+            b, g, num_chunks, h, n = starts.shape
+            chunk_decays = steps.chunk_decays()
+            last = None if grad_last is None else grad_last.to(dtype).reshape(b, g, h, n)
+            end_adjoints = _carry_backward(_chunk_start_adjoints(steps, grad_yc), chunk_decays, last)
+            del chunk_decays
+            grads = _StepGrads(
+                dt=torch.empty_like(steps.dt),
+                u=torch.empty_like(steps.dt),
+                B=torch.empty_like(steps.B),
+                C=torch.empty_like(steps.C),
+                A=A.new_zeros(g, h, n, dtype=dtype),
+                yc=torch.empty_like(steps.dt) if z is not None and ctx.needs_input_grad[6] else None,
+            )
+            per_block = _chunks_per_block(steps)
+            workspace = _BlockWorkspace(steps, per_block)
+            for start in range(0, num_chunks, per_block):
+                stop = min(start + per_block, num_chunks)
+                _backward_block(steps, u_steps, grad_yc, starts, end_adjoints, grads, workspace, start, stop)
+            del steps, u_steps, grad_yc, end_adjoints, workspace
 
-        grad_u = _from_steps(grads.u, length)
-        grad_dt = _from_steps(grads.dt, length)
-        grad_D = grad_z = grad_bias = None
-        if D is not None:
-            grad_u = grad_u + grad_yc_full * D.to(dtype)[:, None]
-            grad_D = (grad_yc_full * uf).sum((0, 2)).to(D.dtype)
-        if grads.yc is not None:
-            skip = _from_steps(grads.yc, length)
+            grad_u = _from_steps(grads.u, length)
+            grad_dt = _from_steps(grads.dt, length)
+            grad_D = grad_z = grad_bias = None
             if D is not None:
-                skip = skip + D.to(dtype)[:, None] * uf
-            grad_z = (grad_y * skip * _silu_grad(z.to(dtype))).to(z.dtype)
-        grad_delta = grad_dt * _softplus_grad(pre_softplus) if ctx.delta_softplus else grad_dt
-        if delta_bias is not None:
-            grad_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype)
+                grad_u = grad_u + grad_yc_full * D.to(dtype)[:, None]
+                grad_D = (grad_yc_full * uf).sum((0, 2)).to(D.dtype)
+            if grads.yc is not None:
+                skip = _from_steps(grads.yc, length)
+                if D is not None:
+                    skip = skip + D.to(dtype)[:, None] * uf
+                grad_z = (grad_y * skip * _silu_grad(z.to(dtype))).to(z.dtype)
+            grad_delta = grad_dt * _softplus_grad(pre_softplus) if ctx.delta_softplus else grad_dt
+            if delta_bias is not None:
+                grad_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype)
         return (
             grad_u.to(u.dtype),
             grad_delta.to(delta.dtype),
