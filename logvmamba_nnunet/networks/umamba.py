@@ -1,0 +1,97 @@
+"""The U-Mamba baselines (Ma et al., 2024) on this package's residual U-Net: U-Mamba-Enc and U-Mamba-Bot.
+
+- ``UMambaEncUNet``: a ``UMambaLayer`` (LayerNorm + 1D Mamba over the flattened map, fp32) after every encoder
+  stage.
+- ``UMambaBotUNet``: one ``UMambaLayer`` after the last encoder stage (the bottleneck), nothing elsewhere.
+
+Both share ``ResidualUNetWithStageLayers`` (residual encoder, residual decoder with deep supervision) with the
+LoG-VMamba network, so the three differ only in the per-stage layers. The topology comes from an nnU-Net plan's
+``architecture.arch_kwargs`` (``n_conv_per_stage`` of the default plans, or ``n_blocks_per_stage`` of the ResEnc
+presets), 2D or 3D. The layers do not depend on the patch size: any input size works.
+
+Either class can be named in a plans file (``network_class_name``), e.g.
+``"logvmamba_nnunet.networks.umamba.UMambaEncUNet"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from logvmamba_nnunet.modules.mamba1d import UMambaLayer
+from logvmamba_nnunet.networks.log_vmamba_unet import _as_axes, _as_list, _locate
+from logvmamba_nnunet.networks.residual_unet import ResidualUNetWithStageLayers
+
+_CONV_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+class _UMambaUNet(ResidualUNetWithStageLayers):
+    """Plan kwargs -> residual U-Net with a ``UMambaLayer`` after every encoder stage, or, when the class attribute
+    ``bottleneck_only`` is set, after the last stage only.
+
+    Args (nnU-Net ``arch_kwargs`` plus the Mamba settings):
+        input_channels, num_classes, deep_supervision: as nnU-Net passes them.
+        n_stages, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage_decoder, conv_bias, norm_op,
+            norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs: from the plan (classes or dotted
+            names).
+        n_blocks_per_stage / n_conv_per_stage: residual blocks per encoder stage (ResEnc plans / default plans).
+        d_state, d_conv, expand, scan_backend: passed to every ``UMambaLayer``.
+
+    Forward: x (B, input_channels, *S) -> logits (B, num_classes, *S), or with deep supervision a list of logits,
+    full resolution first.
+    """
+
+    bottleneck_only: bool = False
+
+    def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = True, *,
+                 n_stages: int, features_per_stage: Sequence[int] | int, conv_op, kernel_sizes, strides,
+                 n_conv_per_stage_decoder: Sequence[int] | int, n_blocks_per_stage: Sequence[int] | int | None = None,
+                 n_conv_per_stage: Sequence[int] | int | None = None, conv_bias: bool = False,
+                 norm_op=None, norm_op_kwargs: dict | None = None, dropout_op=None,
+                 dropout_op_kwargs: dict | None = None, nonlin=None, nonlin_kwargs: dict | None = None,
+                 d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto"):
+        conv_op = _locate(conv_op, "conv_op")
+        if conv_op not in _CONV_DIMS:
+            raise ValueError(f"conv_op {getattr(conv_op, '__name__', conv_op)} is not supported: U-Mamba networks "
+                             "are 2D (Conv2d) or 3D (Conv3d). For other data, use a 2d or 3d_fullres configuration.")
+        blocks = n_blocks_per_stage if n_blocks_per_stage is not None else n_conv_per_stage
+        if blocks is None:
+            raise ValueError("give n_blocks_per_stage (ResEnc plans) or n_conv_per_stage (default plans).")
+        features = _as_list(features_per_stage, n_stages, "features_per_stage")
+        layers = [UMambaLayer(width, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
+                  if with_mamba else nn.Identity()
+                  for width, with_mamba in zip(features, self.stages_with_mamba(n_stages))]
+        dims = _CONV_DIMS[conv_op]
+        super().__init__(
+            input_channels, num_classes, n_stages, features, conv_op, _as_list(kernel_sizes, n_stages, "kernel_sizes"),
+            [_as_axes(s, dims) for s in _as_list(strides, n_stages, "strides")],
+            _as_list(blocks, n_stages, "n_blocks_per_stage"),
+            _as_list(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder"), layers, conv_bias,
+            _locate(norm_op, "norm_op"), norm_op_kwargs, _locate(dropout_op, "dropout_op"), dropout_op_kwargs,
+            _locate(nonlin, "nonlin"), nonlin_kwargs, deep_supervision)
+        self.input_channels, self.spatial_dims = input_channels, dims
+
+    @classmethod
+    def stages_with_mamba(cls, n_stages: int) -> list[bool]:
+        """For each encoder stage, whether a ``UMambaLayer`` follows it."""
+        return [not cls.bottleneck_only or stage == n_stages - 1 for stage in range(n_stages)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.input_channels:
+            raise ValueError(f"expected a {self.spatial_dims}D input (B, {self.input_channels}, *spatial), got "
+                             f"{tuple(x.shape)}: the network was built for {self.input_channels} input channels "
+                             "(check the dataset's channel_names and the images' modalities).")
+        return super().forward(x)
+
+
+class UMambaEncUNet(_UMambaUNet):
+    """U-Mamba-Enc: a ``UMambaLayer`` after every encoder stage (arguments: see ``_UMambaUNet``)."""
+
+
+class UMambaBotUNet(_UMambaUNet):
+    """U-Mamba-Bot: one ``UMambaLayer`` at the bottleneck, after the last encoder stage (arguments: see
+    ``_UMambaUNet``)."""
+
+    bottleneck_only = True
