@@ -5,9 +5,10 @@
 - ``UMambaBotUNet``: one ``UMambaLayer`` after the last encoder stage (the bottleneck), nothing elsewhere.
 
 Both share ``ResidualUNetWithStageLayers`` (residual encoder, residual decoder with deep supervision) with the
-LoG-VMamba network, so the three differ only in the per-stage layers. The topology comes from an nnU-Net plan's
-``architecture.arch_kwargs`` (``n_conv_per_stage`` of the default plans, or ``n_blocks_per_stage`` of the ResEnc
-presets), 2D or 3D. The layers do not depend on the patch size: any input size works.
+LoG-VMamba network. The topology comes from an nnU-Net plan's ``architecture.arch_kwargs`` (``n_conv_per_stage`` of
+the default plans, or ``n_blocks_per_stage`` of the ResEnc presets), 2D or 3D, with U-Mamba's depth rule applied
+to the block counts (``umamba_block_counts``; ``umamba_depth_rule=False`` keeps the plan's counts). The layers do
+not depend on the patch size: any input size works.
 
 Either class can be named in a plans file (``network_class_name``), e.g.
 ``"logvmamba_nnunet.networks.umamba.UMambaEncUNet"``.
@@ -15,6 +16,7 @@ Either class can be named in a plans file (``network_class_name``), e.g.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +27,23 @@ from logvmamba_nnunet.networks.log_vmamba_unet import _as_axes, _as_list, _locat
 from logvmamba_nnunet.networks.residual_unet import ResidualUNetWithStageLayers
 
 _CONV_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def umamba_block_counts(encoder_blocks: Sequence[int], decoder_blocks: Sequence[int]
+                        ) -> tuple[list[int], list[int]]:
+    """U-Mamba's depth rule: with n stages, one residual block in encoder stages s >= ceil(n/2) (the deeper half)
+    and in decoder stages with index >= ceil(n/2), where decoder index 0 is the lowest resolution (so the
+    highest-resolution decoder stages get one block). Other counts are kept.
+
+    Args: encoder_blocks (n entries) and decoder_blocks (n - 1 entries). Returns the two new lists.
+    """
+    n_stages = len(encoder_blocks)
+    if len(decoder_blocks) != n_stages - 1:
+        raise ValueError(f"decoder_blocks has {len(decoder_blocks)} entries; with {n_stages} encoder stages it "
+                         f"needs {n_stages - 1}.")
+    first_single = math.ceil(n_stages / 2)
+    return ([count if stage < first_single else 1 for stage, count in enumerate(encoder_blocks)],
+            [count if stage < first_single else 1 for stage, count in enumerate(decoder_blocks)])
 
 
 class _UMambaUNet(ResidualUNetWithStageLayers):
@@ -38,6 +57,7 @@ class _UMambaUNet(ResidualUNetWithStageLayers):
             names).
         n_blocks_per_stage / n_conv_per_stage: residual blocks per encoder stage (ResEnc plans / default plans).
         d_state, d_conv, expand, scan_backend: passed to every ``UMambaLayer``.
+        umamba_depth_rule: apply ``umamba_block_counts`` to the plan's block counts (U-Mamba does).
 
     Forward: x (B, input_channels, *S) -> logits (B, num_classes, *S), or with deep supervision a list of logits,
     full resolution first.
@@ -51,7 +71,8 @@ class _UMambaUNet(ResidualUNetWithStageLayers):
                  n_conv_per_stage: Sequence[int] | int | None = None, conv_bias: bool = False,
                  norm_op=None, norm_op_kwargs: dict | None = None, dropout_op=None,
                  dropout_op_kwargs: dict | None = None, nonlin=None, nonlin_kwargs: dict | None = None,
-                 d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto"):
+                 d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto",
+                 umamba_depth_rule: bool = True):
         conv_op = _locate(conv_op, "conv_op")
         if conv_op not in _CONV_DIMS:
             raise ValueError(f"conv_op {getattr(conv_op, '__name__', conv_op)} is not supported: U-Mamba networks "
@@ -60,15 +81,18 @@ class _UMambaUNet(ResidualUNetWithStageLayers):
         if blocks is None:
             raise ValueError("give n_blocks_per_stage (ResEnc plans) or n_conv_per_stage (default plans).")
         features = _as_list(features_per_stage, n_stages, "features_per_stage")
+        encoder_blocks = _as_list(blocks, n_stages, "n_blocks_per_stage")
+        decoder_blocks = _as_list(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
+        if umamba_depth_rule:
+            encoder_blocks, decoder_blocks = umamba_block_counts(encoder_blocks, decoder_blocks)
         layers = [UMambaLayer(width, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
                   if with_mamba else nn.Identity()
                   for width, with_mamba in zip(features, self.stages_with_mamba(n_stages))]
         dims = _CONV_DIMS[conv_op]
         super().__init__(
             input_channels, num_classes, n_stages, features, conv_op, _as_list(kernel_sizes, n_stages, "kernel_sizes"),
-            [_as_axes(s, dims) for s in _as_list(strides, n_stages, "strides")],
-            _as_list(blocks, n_stages, "n_blocks_per_stage"),
-            _as_list(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder"), layers, conv_bias,
+            [_as_axes(s, dims) for s in _as_list(strides, n_stages, "strides")], encoder_blocks, decoder_blocks,
+            layers, conv_bias,
             _locate(norm_op, "norm_op"), norm_op_kwargs, _locate(dropout_op, "dropout_op"), dropout_op_kwargs,
             _locate(nonlin, "nonlin"), nonlin_kwargs, deep_supervision)
         self.input_channels, self.spatial_dims = input_channels, dims

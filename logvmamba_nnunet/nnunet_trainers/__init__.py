@@ -39,3 +39,21 @@ __all__ = [
     "nnUNetTrainerLoGVMamba_250epochs",
     "nnUNetTrainerLoGVMamba_500epochs",
 ]
+
+# U-Mamba and MONAI baselines (issue 10)
+from logvmamba_nnunet.nnunet_trainers.monai_baselines import nnUNetTrainerSwinUNETR, nnUNetTrainerUNETR  # noqa: E402
+from logvmamba_nnunet.nnunet_trainers.umamba import (  # noqa: E402
+    nnUNetTrainerUMambaBot,
+    nnUNetTrainerUMambaBot_Tiny,
+    nnUNetTrainerUMambaEnc,
+    nnUNetTrainerUMambaEnc_Tiny,
+)
+
+__all__ += [
+    "nnUNetTrainerUMambaEnc",
+    "nnUNetTrainerUMambaBot",
+    "nnUNetTrainerUMambaEnc_Tiny",
+    "nnUNetTrainerUMambaBot_Tiny",
+    "nnUNetTrainerSwinUNETR",
+    "nnUNetTrainerUNETR",
+]

@@ -40,16 +40,21 @@ def default_chunk_size(length: int) -> int:
     return max(1, round(math.sqrt(length / 2)))
 
 
+def _pad_to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Zero-pad the last dimension up to a multiple of ``chunk`` (no copy when it already is one)."""
+    padding = -x.shape[-1] % chunk
+    return F.pad(x, (0, padding)) if padding else x
+
+
 def _to_steps(x: torch.Tensor, groups: int, chunk: int) -> torch.Tensor:
     """(b, c, L) -> zero-padded step layout (T, b, g, K, c / g).
 
     The result is a view of a contiguous (T, b, g, c / g, K) tensor, made with one 2-D transpose (far
     faster than a general permute); each step's slab is contiguous in memory.
     """
-    b, c, length = x.shape
-    num_chunks = -(-length // chunk)
-    if num_chunks * chunk != length:
-        x = F.pad(x, (0, num_chunks * chunk - length))
+    x = _pad_to_chunks(x, chunk)
+    b, c, padded = x.shape
+    num_chunks = padded // chunk
     steps = x.reshape(b * c * num_chunks, chunk).t().contiguous()
     return steps.view(chunk, b, groups, c // groups, num_chunks).transpose(3, 4)
 
@@ -116,9 +121,7 @@ def _prepare_steps(
     A = A.view(groups, 1, d // groups, n)
     dt_steps = _to_steps(dt, groups, chunk)
     u_steps = _to_steps(u, groups, chunk)
-    b, _, length = dt.shape
-    num_chunks = dt_steps.shape[3]
-    dt_sums = F.pad(dt, (0, num_chunks * chunk - length)).view(b, groups, d // groups, num_chunks, chunk).sum(-1)
+    dt_sums = _pad_to_chunks(dt, chunk).view(dt.shape[0], groups, d // groups, -1, chunk).sum(-1)
     steps = _Steps(
         dt=dt_steps,
         du=dt_steps * u_steps,
@@ -230,8 +233,9 @@ def _carry_backward(
 
 @dataclass
 class _StepGrads:
-    """Gradients in step layout: dt, du-free u part (T, b, g, K, h); B, C (T, b, g, K, n); A (g, h, n);
-    yc, the recomputed <C_t, h_t> (T, b, g, K, h), or None when not requested."""
+    """Gradients in step layout: with respect to dt and to u through the scan (the D skip is added
+    later), (T, b, g, K, h); B, C (T, b, g, K, n); A (g, h, n); and yc, the recomputed <C_t, h_t>
+    (T, b, g, K, h) that the gradient of z needs, or None when it is not needed."""
 
     dt: torch.Tensor
     u: torch.Tensor
