@@ -21,6 +21,7 @@ Usage:
     python benchmarks/scan.py                      # the issue's table on CPU, 1 and 2 threads
     python benchmarks/scan.py --device cuda        # parity checks + the table on the GPU
     python benchmarks/scan.py --shapes 2x64x4096 --threads 1 --modes forward
+    python benchmarks/scan.py --threads 2 --case-timeout 60   # on a busy machine
     python benchmarks/scan.py --quick
 """
 
@@ -207,13 +208,20 @@ def measure_case(algorithm: str, mode: str, shape: tuple[int, int, int], device:
 
 
 def _run_case_in_subprocess(algorithm: str, mode: str, shape: tuple[int, int, int], threads: int,
-                            repeats: int) -> dict:
-    """CPU cases run in a fresh process so that its resident-set high-water mark belongs to the case."""
+                            repeats: int, timeout: float | None) -> dict:
+    """CPU cases run in a fresh process so that its resident-set high-water mark belongs to the case.
+
+    A case still running after ``timeout`` seconds is killed and reported as timed out.
+    """
     case = json.dumps({"algorithm": algorithm, "mode": mode, "shape": shape, "threads": threads,
                        "repeats": repeats})
-    completed = subprocess.run(
-        [sys.executable, __file__, "--case", case], capture_output=True, text=True, check=False
-    )
+    try:
+        completed = subprocess.run(
+            [sys.executable, __file__, "--case", case], capture_output=True, text=True, check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"timed out (> {timeout:g} s)"}
     if completed.returncode != 0:
         return {"error": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "failed"}
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -292,7 +300,8 @@ def _format_result(result: dict) -> tuple[str, str]:
     return f"{result['seconds']:.3f}", f"{result['peak_bytes'] / 2**20:.0f}"
 
 
-def benchmark_table(shapes, threads_list, algorithms, modes, device, repeats, max_bytes) -> list[dict]:
+def benchmark_table(shapes, threads_list, algorithms, modes, device, repeats, max_bytes,
+                    timeout: float | None = None) -> list[dict]:
     """Run every case and print a markdown table; returns the rows."""
     where = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} logical CPUs)"
     print(f"torch {torch.__version__}, device {where}")
@@ -310,7 +319,9 @@ def benchmark_table(shapes, threads_list, algorithms, modes, device, repeats, ma
                     elif device == "cuda":
                         results[algorithm] = measure_case(algorithm, mode, shape, device, repeats)
                     else:
-                        results[algorithm] = _run_case_in_subprocess(algorithm, mode, shape, threads, repeats)
+                        results[algorithm] = _run_case_in_subprocess(
+                            algorithm, mode, shape, threads, repeats, timeout
+                        )
                 loop_seconds = results.get("loop", {}).get("seconds")
                 for algorithm, result in results.items():
                     seconds = result.get("seconds")
@@ -372,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per case (best is reported)")
     parser.add_argument("--max-gib", type=float, default=None,
                         help="skip cases estimated to need more (default 4 on CPU, 40 on CUDA)")
+    parser.add_argument("--case-timeout", type=float, default=None,
+                        help="CPU only: stop a case after this many seconds and report it as timed out")
     parser.add_argument("--parity", action="store_true", help="check parity with the reference first")
     parser.add_argument("--quick", action="store_true", help="dry run: tiny shapes, one thread, one repeat")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -392,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.parity or args.quick or args.device == "cuda":
         parity_ok = parity_checks(args.device, lengths)
         print()
-    benchmark_table(shapes, threads, args.algorithms, args.modes, args.device, repeats, max_gib * 2**30)
+    benchmark_table(shapes, threads, args.algorithms, args.modes, args.device, repeats, max_gib * 2**30,
+                    args.case_timeout)
     return 0 if parity_ok else 1
 
 

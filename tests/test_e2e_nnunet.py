@@ -70,8 +70,8 @@ def test_train_resume_predict(planned, tmp_path, configuration, plans):
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"1", "2"}
     assert (fold / "checkpoint_final.pth").exists()
-    resumed = run(train + ["--c"], env)
-    assert "checkpoint" in resumed.stdout.lower()
+    resumed = run(train + ["--c"], env)  # continues from checkpoint_final: no epoch is trained again
+    assert "Epoch 0" not in resumed.stdout and "Mean Validation Dice" in resumed.stdout
 
     first = predict(env, dataset, tmp_path / "first", configuration, plans)
     second = predict(env, dataset, tmp_path / "second", configuration, plans)

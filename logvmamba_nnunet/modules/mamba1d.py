@@ -111,7 +111,7 @@ class Mamba1d(nn.Module):
         y = selective_scan(
             x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(),
             C.transpose(1, 2).contiguous(), D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=False, backend=self.scan_backend)
+            delta_softplus=True, backend=self.scan_backend)
         return self.out_proj(y.transpose(1, 2))
 
     def extra_repr(self) -> str:

@@ -17,8 +17,15 @@ from logvmamba_nnunet.nnunet_trainers.logvmamba import (
     nnUNetTrainerLoGVMamba_NoAMP,
     nnUNetTrainerLoGVMamba_Split,
     nnUNetTrainerLoGVMamba_Tiny,
+    nnUNetTrainerLoGVMambaUNet,
     nnUNetTrainerLVMamba,
     nnUNetTrainerVSSMamba,
+)
+from logvmamba_nnunet.nnunet_trainers.swin_umamba import (
+    nnUNetTrainerSwinUMambaDagger,
+    nnUNetTrainerSwinUMambaLoG,
+    nnUNetTrainerSwinUMambaLoG_ImageNet,
+    nnUNetTrainerSwinUMambaLoG_Tiny,
 )
 
 __all__ = [
@@ -38,6 +45,11 @@ __all__ = [
     "nnUNetTrainerLoGVMamba_100epochs",
     "nnUNetTrainerLoGVMamba_250epochs",
     "nnUNetTrainerLoGVMamba_500epochs",
+    "nnUNetTrainerLoGVMambaUNet",
+    "nnUNetTrainerSwinUMambaLoG",
+    "nnUNetTrainerSwinUMambaLoG_ImageNet",
+    "nnUNetTrainerSwinUMambaDagger",
+    "nnUNetTrainerSwinUMambaLoG_Tiny",
 ]
 
 # U-Mamba and MONAI baselines (issue 10)
