@@ -36,7 +36,7 @@ def mamba_stages(checkpoint: Path) -> set[int]:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("dims, configuration, size, dataset_id", [
-    (3, "3d_fullres", (24, 32, 28), 951), (2, "2d", (64, 80), 952)])
+    (3, "3d_fullres", (16, 24, 20), 951), (2, "2d", (64, 80), 952)])
 def test_umamba_trainers_with_stock_commands(tmp_path, nnunet_env, dims, configuration, size, dataset_id):
     dataset = make_synthetic_dataset(tmp_path / "nnUNet_raw", dataset_id, name="UMambaE2E", dims=dims, num_train=6,
                                      num_test=2, size=size)

@@ -24,7 +24,7 @@ from logvmamba_nnunet.nnunet.pretrained import (
     read_vmamba_checkpoint,
     weights_path_from_environment,
 )
-from logvmamba_nnunet.nnunet_trainers.swin_umamba import CosineLRScheduler, set_trainable
+from logvmamba_nnunet.nnunet_trainers.swin_umamba import CosineLRScheduler, set_trainable, unwrap_network
 from tests.plans_factory import plans
 
 VMAMBA_TINY = ((96, 192, 384, 768), (2, 2, 9, 2))
@@ -222,6 +222,14 @@ def test_missing_or_wrong_weights_stop_before_training(tmp_path, monkeypatch):
     assert not trainer.was_initialized
 
 
+def test_building_the_network_never_reads_the_weights(tmp_path, monkeypatch):
+    """nnUNetv2_predict rebuilds the network with build_network_architecture: that must not need the file."""
+    monkeypatch.setenv(WEIGHTS_ENV_VAR, str(tmp_path / "absent.pth"))
+    with torch.device("meta"):
+        net = build(trainers.nnUNetTrainerSwinUMambaLoG_ImageNet)
+    assert net.encoder.patch_embed.proj.in_channels == 3
+
+
 def test_without_weights_the_encoder_trains_from_scratch(tmp_path, monkeypatch):
     monkeypatch.delenv(WEIGHTS_ENV_VAR, raising=False)
     trainer = make_trainer(trainers.nnUNetTrainerSwinUMambaLoG_Tiny, monkeypatch, tmp_path)
@@ -315,8 +323,10 @@ def test_freezing_under_ddp_needs_no_unused_parameter_search(tmp_path):
         for _ in range(2):
             unfrozen(torch.randn(5, 4)).sum().backward()
         assert module[0].weight.grad is not None
+        assert unwrap_network(unfrozen) is module
     finally:
         dist.destroy_process_group()
+    assert unwrap_network(torch.compile(module)) is module and unwrap_network(module) is module
     plain = nn.Linear(2, 2)
     assert set_trainable(plain, ["weight"], False) is plain and not plain.weight.requires_grad
     with pytest.raises(ValueError, match="no parameters named"):
@@ -339,6 +349,10 @@ def test_swin_umamba_recipe(tmp_path, monkeypatch):
         expected = 1e-6 + (1e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * epoch / 1000))
         assert all(math.isclose(g["lr"], expected, rel_tol=1e-12) for g in optimizer.param_groups)
     assert math.isclose(scheduler.learning_rate(1000), 1e-6) and math.isclose(scheduler.learning_rate(0), 1e-4)
+    counting = CosineLRScheduler(optimizer, 1e-4, 1e-6, 4)  # without an argument, step() counts its calls
+    assert math.isclose(optimizer.param_groups[0]["lr"], 1e-4)
+    counting.step()
+    assert math.isclose(optimizer.param_groups[0]["lr"], 1e-6 + (1e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi / 4)))
     with pytest.raises(ValueError, match="max_steps >= 1"):
         CosineLRScheduler(optimizer, 1e-4, 1e-6, 0)
 

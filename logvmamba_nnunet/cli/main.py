@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "demo": "demo",
     "evaluate": "evaluate",
     "convert": "convert",
+    "profile": "profile",
 }
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.modules.ssm import default_dt_rank, inverse_softplus
 from logvmamba_nnunet.modules.validation import check_positive_int
 from logvmamba_nnunet.modules.weight_decay import tag_no_weight_decay
@@ -142,7 +143,7 @@ class UMambaLayer(nn.Module):
         """x: (B, C, *S) with at least one spatial axis -> (B, C, *S)."""
         if x.dim() < 3 or x.shape[1] != self.channels:
             raise ValueError(f"expected a map of shape (B, {self.channels}, *spatial), got {tuple(x.shape)}.")
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_disabled(x.device):
             tokens = x.float().flatten(2).transpose(1, 2)  # (B, L, C)
             out = self.mamba(self.norm(tokens))
         return out.transpose(1, 2).reshape(x.shape).to(x.dtype)

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.modules.scan_directions import DIRECTIONS
 from logvmamba_nnunet.modules.validation import check_choice, check_positive_int
 from logvmamba_nnunet.modules.weight_decay import tag_no_weight_decay
@@ -98,7 +99,7 @@ class SelectiveSSM(nn.Module):
                 f"expected sequences of shape (B, {self.directions}, {self.width}, T), "
                 f"got {tuple(sequences.shape)}."
             )
-        with torch.autocast(device_type=sequences.device.type, enabled=False):
+        with autocast_disabled(sequences.device):
             u = sequences.float()
             projected = torch.einsum("bkwt,kcw->bkct", u, self.x_proj_weight.float())
             dt, B, C = projected.split([self.dt_rank, self.d_state, self.d_state], dim=2)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from logvmamba_nnunet.modules.block import LoGVMambaBlock
+from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.networks.residual_unet import ResidualUNetWithStageLayers
 from logvmamba_nnunet.networks.stage_rules import GTX_KINDS, StageMixerConfig, resolve_stage_configs
 
@@ -134,7 +135,7 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
                              f"the network was built for {self.input_channels} input channels (check the dataset's "
                              "channel_names and the images' modalities).")
         if self.force_fp32:
-            with torch.autocast(device_type=x.device.type, enabled=False):
+            with autocast_disabled(x.device):
                 return super().forward(x.float())
         return super().forward(x)
 

@@ -3,7 +3,9 @@
 The file is VMamba's ``vssmtiny_dp01_ckpt_epoch_292.pth`` (state dict under the key ``model``; a bare state dict
 is accepted too). It is named by the environment variable ``LOGVMAMBA_VMAMBA_TINY_WEIGHTS`` as an absolute path;
 nothing is ever downloaded and no path relative to the working directory is used. It is read with
-``torch.load(..., weights_only=True)`` (tensors only, no code execution).
+``torch.load(..., weights_only=True)``; classes and functions the file names outside torch's allowlist (VMamba's
+training checkpoints also hold a config object) are replaced by an inert placeholder, so no code named by the file
+runs.
 
 Key map, VMamba checkpoint -> ``VMambaEncoder2D``:
 

@@ -29,6 +29,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from logvmamba_nnunet.modules.precision import autocast_disabled
+
 
 def _monai_network_class(name: str) -> type[nn.Module]:
     """``monai.networks.nets.<name>``, imported now; RuntimeError with the fix when MONAI is missing."""
@@ -86,7 +88,7 @@ class PaddedFloat32Network(nn.Module):
         target = self.padded_size(spatial)
         before = [(t - s) // 2 for s, t in zip(spatial, target)]
         pads = [amount for s, t, b in reversed(list(zip(spatial, target, before))) for amount in (b, t - s - b)]
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_disabled(x.device):
             logits = self.network(F.pad(x.float(), pads))
         window = tuple(slice(b, b + s) for b, s in zip(before, spatial))
         return logits[(Ellipsis, *window)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from logvmamba_nnunet.ops.backends import load_optional_backend, resolve_backend
+from logvmamba_nnunet.ops.flops import active_scan_flop_counter
 from logvmamba_nnunet.ops.scan_torch import selective_scan_torch
 
 _SEQUENCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -105,6 +106,11 @@ def selective_scan(
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
     _check_devices({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
 
+    counter = active_scan_flop_counter()
+    if counter is not None:
+        counter.add(batch, channels, length, state, D is not None, z is not None)
+        y = u.new_zeros(u.shape)
+        return (y, u.new_zeros(batch, channels, state, dtype=torch.float32)) if return_last_state else y
     name = resolve_backend(backend, u.device)
     if name == "torch":
         result = selective_scan_torch(

@@ -1,0 +1,1 @@
+"""Model profiling: parameters, FLOPs including the selective scan, activation memory and speed."""

@@ -1,0 +1,135 @@
+"""Profile the networks that nnU-Net trainers build for one plan.
+
+For each trainer the network is built exactly as nnU-Net builds it (the trainer's ``build_network_architecture``
+with the plan's configuration), then:
+
+- parameters: all parameters;
+- FLOPs of one forward pass at the patch size (batch 1): matrix products and convolutions counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` on the meta device, plus the selective scans counted by
+  :mod:`logvmamba_nnunet.ops.flops` (which FLOP counters miss); one multiply-add counts as 2 FLOPs;
+- activation memory: bytes of the tensors autograd saves for backward during that forward (batch 1, fp32), summed
+  over saved tensors, which is what training holds at the end of the forward;
+- time (optional, on a real device): median forward and forward+backward time, batch 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from logvmamba_nnunet.ops.flops import count_scan_flops
+
+
+@dataclass
+class ProfileRow:
+    trainer: str
+    parameters: int
+    conv_matmul_flops: int
+    scan_flops: int
+    activation_bytes: int
+    forward_s: float | None = None
+    forward_backward_s: float | None = None
+
+    @property
+    def total_flops(self) -> int:
+        return self.conv_matmul_flops + self.scan_flops
+
+
+def find_trainer_class(name: str) -> type:
+    """The trainer class nnU-Net's own lookup finds for ``name`` (built-in trainers and nnUNet_extTrainer)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return recursive_find_trainer_class_by_name(name)
+        except RuntimeError as error:
+            raise ValueError(f"nnU-Net cannot find trainer {name!r}: {error}. Check the name, and run "
+                             "`logvmamba-nnunet doctor` for trainer discovery.") from None
+
+
+def build_network(trainer: type, plans: dict, configuration: str, in_channels: int, classes: int) -> nn.Module:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(plans)
+    return trainer.build_network_architecture(manager, manager.get_configuration(configuration), in_channels,
+                                              classes, True)
+
+
+def count_flops_and_memory(network: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(conv/matmul FLOPs, scan FLOPs, saved-activation bytes) of one forward pass, on the meta device."""
+    network = network.to("meta")
+    saved: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    x = torch.zeros(input_shape, device="meta", requires_grad=True)
+    with FlopCounterMode(display=False) as flop_counter, count_scan_flops() as scan_counter, \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        network(x)
+    return flop_counter.get_total_flops(), scan_counter.flops, sum(saved)
+
+
+def time_network(network: nn.Module, input_shape: tuple[int, ...], device: str, repeats: int) -> tuple[float, float]:
+    """Median forward and forward+backward seconds (batch as in ``input_shape``)."""
+    network = network.to(device)
+    x = torch.randn(input_shape, device=device)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def run(backward: bool) -> float:
+        start = time.perf_counter()
+        output = network(x)
+        if backward:
+            sum(o.float().mean() for o in (output if isinstance(output, (list, tuple)) else [output])).backward()
+        sync()
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        run(False)
+        forward = statistics.median(run(False) for _ in range(repeats))
+    run(True)
+    forward_backward = statistics.median(run(True) for _ in range(repeats))
+    return forward, forward_backward
+
+
+def profile_trainers(trainers: list[str], plans: dict, configuration: str, in_channels: int, classes: int,
+                     timing_device: str | None = None, repeats: int = 2) -> list[ProfileRow]:
+    """One :class:`ProfileRow` per trainer name, at the configuration's patch size."""
+    patch = tuple(plans["configurations"][configuration]["patch_size"])
+    rows = []
+    for name in trainers:
+        trainer = find_trainer_class(name)
+        torch.manual_seed(0)
+        network = build_network(trainer, plans, configuration, in_channels, classes)
+        parameters = sum(p.numel() for p in network.parameters())
+        timing = (None, None)
+        if timing_device is not None:
+            timing = time_network(network, (1, in_channels, *patch), timing_device, repeats)
+        conv_matmul, scan, activations = count_flops_and_memory(network, (1, in_channels, *patch))
+        rows.append(ProfileRow(name, parameters, conv_matmul, scan, activations, *timing))
+    return rows
+
+
+def format_table(rows: list[ProfileRow], patch: tuple[int, ...], timing_device: str | None) -> str:
+    header = ["trainer", "params (M)", "GFLOPs conv+matmul", "GFLOPs scan", "GFLOPs total", "activations (GiB)"]
+    if timing_device:
+        header += [f"forward (s, {timing_device})", f"fwd+bwd (s, {timing_device})"]
+    lines = [f"patch {list(patch)}, batch 1", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.trainer, f"{row.parameters / 1e6:.2f}", f"{row.conv_matmul_flops / 1e9:.1f}",
+                 f"{row.scan_flops / 1e9:.2f}", f"{row.total_flops / 1e9:.1f}", f"{row.activation_bytes / 2**30:.2f}"]
+        if timing_device:
+            cells += [f"{row.forward_s:.3f}", f"{row.forward_backward_s:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
