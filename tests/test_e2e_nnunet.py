@@ -86,3 +86,13 @@ def test_train_resume_predict(planned, tmp_path, configuration, plans):
         assert labels.shape == image[0].shape
         np.testing.assert_allclose(spacing, image[1])
         assert set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_profile_on_planned_dataset(planned):
+    """`logvmamba-nnunet profile` on a preprocessed dataset prints one row per trainer (four here)."""
+    env, _ = planned
+    trainers = ["nnUNetTrainer", "nnUNetTrainerVSSMamba", "nnUNetTrainerLVMamba", "nnUNetTrainerLoGVMamba"]
+    result = run([sys.executable, "-m", "logvmamba_nnunet.cli.main", "profile", "-d", str(DATASET_ID),
+                  "-c", "3d_fullres", "-tr", *trainers], env)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| nnUNetTrainer")]
+    assert [row.split("|")[1].strip() for row in rows] == trainers

@@ -9,6 +9,7 @@ from logvmamba_nnunet.modules.mamba1d import Mamba1d, UMambaLayer, causal_depthw
 from logvmamba_nnunet.modules.ssm import inverse_softplus
 from logvmamba_nnunet.modules.weight_decay import parameter_groups_for_weight_decay
 from logvmamba_nnunet.ops.backends import OptionalImport
+from logvmamba_nnunet.ops.flops import count_scan_flops
 from logvmamba_nnunet.ops.reference import selective_scan_reference
 
 
@@ -185,3 +186,12 @@ def test_cuda_matches_cpu():
         expected = layer(tokens)
         got = layer.cuda()(tokens.cuda()).cpu()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_umamba_layer_runs_on_the_meta_device_while_counting_scan_flops():
+    """Profiling runs networks on the meta device (which has no autocast) inside ``count_scan_flops``: one scan
+    over d_inner = 16 channels and L = 20 tokens, with the skip D and the gate z."""
+    with torch.device("meta"), count_scan_flops() as counter:
+        out = UMambaLayer(8)(torch.randn(1, 8, 4, 5))
+    assert out.is_meta and out.shape == (1, 8, 4, 5)
+    assert counter.flops == 1 * 16 * 20 * (1 + 7 * 16 + 2 + 3)

@@ -12,7 +12,6 @@ The class can be named in a plans file (``network_class_name``), e.g.
 
 from __future__ import annotations
 
-import pydoc
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 
 from logvmamba_nnunet.modules.block import LoGVMambaBlock
 from logvmamba_nnunet.modules.precision import autocast_disabled
+from logvmamba_nnunet.networks.plan_arguments import locate_class, per_axis, per_stage_list
 from logvmamba_nnunet.networks.residual_unet import ResidualUNetWithStageLayers
 from logvmamba_nnunet.networks.stage_rules import GTX_KINDS, StageMixerConfig, resolve_stage_configs
 
@@ -35,29 +35,6 @@ class ChannelsFirstBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x.movedim(1, -1)).movedim(-1, 1).contiguous()
-
-
-def _locate(value, what: str):
-    if not isinstance(value, str):
-        return value
-    located = pydoc.locate(value)
-    if located is None:
-        raise ValueError(f"cannot import {what} {value!r} named in the plans; check the spelling "
-                         "(e.g. 'torch.nn.modules.conv.Conv3d').")
-    return located
-
-
-def _as_list(value, n: int, name: str) -> list:
-    if isinstance(value, int):
-        return [value] * n
-    value = list(value)
-    if len(value) != n:
-        raise ValueError(f"{name} has {len(value)} entries, expected one per stage ({n}).")
-    return value
-
-
-def _as_axes(value, dims: int) -> list[int]:
-    return [int(value)] * dims if isinstance(value, int) else [int(v) for v in value]
 
 
 class LoGVMambaUNet(ResidualUNetWithStageLayers):
@@ -89,7 +66,7 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
                  ltx_squeeze: int | None = None, expand: float | None = None, d_state: int = 16,
                  directions: int = 1, placement: str = "interleaved", drop_path_rate: float = 0.0,
                  scan_backend: str = "auto", force_fp32: bool = False):
-        conv_op = _locate(conv_op, "conv_op")
+        conv_op = locate_class(conv_op, "conv_op")
         if conv_op not in _CONV_DIMS:
             raise ValueError(f"conv_op {getattr(conv_op, '__name__', conv_op)} is not supported: LoG-VMamba networks "
                              "are 2D (Conv2d) or 3D (Conv3d). For other data, use a 2d or 3d_fullres configuration.")
@@ -103,8 +80,8 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
         blocks = n_blocks_per_stage if n_blocks_per_stage is not None else n_conv_per_stage
         if blocks is None:
             raise ValueError("give n_blocks_per_stage (ResEnc plans) or n_conv_per_stage (default plans).")
-        features = _as_list(features_per_stage, n_stages, "features_per_stage")
-        strides = [_as_axes(s, dims) for s in _as_list(strides, n_stages, "strides")]
+        features = per_stage_list(features_per_stage, n_stages, "features_per_stage")
+        strides = [per_axis(s, dims) for s in per_stage_list(strides, n_stages, "strides")]
         expand = expand if expand is not None else (2.0 if dims == 2 else 1.0)
         self.stage_configs: list[StageMixerConfig] = resolve_stage_configs(
             patch_size, strides, [int(expand * f) for f in features], stage_kinds, gtx_strides, gtx_squeezes)
@@ -120,11 +97,12 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
                 gtx_stride=config.gtx_stride if has_gtx else 1, gtx_squeeze=config.gtx_squeeze if has_gtx else 1,
                 drop_path=drop_path_rate * stage / max(n_stages - 1, 1), scan_backend=scan_backend)))
         super().__init__(
-            input_channels, num_classes, n_stages, features, conv_op, _as_list(kernel_sizes, n_stages, "kernel_sizes"),
-            strides, _as_list(blocks, n_stages, "n_blocks_per_stage"),
-            _as_list(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder"), layers, conv_bias,
-            _locate(norm_op, "norm_op"), norm_op_kwargs, _locate(dropout_op, "dropout_op"), dropout_op_kwargs,
-            _locate(nonlin, "nonlin"), nonlin_kwargs, deep_supervision)
+            input_channels, num_classes, n_stages, features, conv_op,
+            per_stage_list(kernel_sizes, n_stages, "kernel_sizes"),
+            strides, per_stage_list(blocks, n_stages, "n_blocks_per_stage"),
+            per_stage_list(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder"), layers, conv_bias,
+            locate_class(norm_op, "norm_op"), norm_op_kwargs, locate_class(dropout_op, "dropout_op"), dropout_op_kwargs,
+            locate_class(nonlin, "nonlin"), nonlin_kwargs, deep_supervision)
         self.input_channels = input_channels
         self.force_fp32 = force_fp32
 

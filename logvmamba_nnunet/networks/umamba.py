@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from logvmamba_nnunet.modules.mamba1d import UMambaLayer
-from logvmamba_nnunet.networks.log_vmamba_unet import _as_axes, _as_list, _locate
+from logvmamba_nnunet.networks.plan_arguments import locate_class, per_axis, per_stage_list
 from logvmamba_nnunet.networks.residual_unet import ResidualUNetWithStageLayers
 
 _CONV_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
@@ -73,16 +73,16 @@ class _UMambaUNet(ResidualUNetWithStageLayers):
                  dropout_op_kwargs: dict | None = None, nonlin=None, nonlin_kwargs: dict | None = None,
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto",
                  umamba_depth_rule: bool = True):
-        conv_op = _locate(conv_op, "conv_op")
+        conv_op = locate_class(conv_op, "conv_op")
         if conv_op not in _CONV_DIMS:
             raise ValueError(f"conv_op {getattr(conv_op, '__name__', conv_op)} is not supported: U-Mamba networks "
                              "are 2D (Conv2d) or 3D (Conv3d). For other data, use a 2d or 3d_fullres configuration.")
         blocks = n_blocks_per_stage if n_blocks_per_stage is not None else n_conv_per_stage
         if blocks is None:
             raise ValueError("give n_blocks_per_stage (ResEnc plans) or n_conv_per_stage (default plans).")
-        features = _as_list(features_per_stage, n_stages, "features_per_stage")
-        encoder_blocks = _as_list(blocks, n_stages, "n_blocks_per_stage")
-        decoder_blocks = _as_list(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
+        features = per_stage_list(features_per_stage, n_stages, "features_per_stage")
+        encoder_blocks = per_stage_list(blocks, n_stages, "n_blocks_per_stage")
+        decoder_blocks = per_stage_list(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
         if umamba_depth_rule:
             encoder_blocks, decoder_blocks = umamba_block_counts(encoder_blocks, decoder_blocks)
         layers = [UMambaLayer(width, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
@@ -90,11 +90,12 @@ class _UMambaUNet(ResidualUNetWithStageLayers):
                   for width, with_mamba in zip(features, self.stages_with_mamba(n_stages))]
         dims = _CONV_DIMS[conv_op]
         super().__init__(
-            input_channels, num_classes, n_stages, features, conv_op, _as_list(kernel_sizes, n_stages, "kernel_sizes"),
-            [_as_axes(s, dims) for s in _as_list(strides, n_stages, "strides")], encoder_blocks, decoder_blocks,
+            input_channels, num_classes, n_stages, features, conv_op,
+            per_stage_list(kernel_sizes, n_stages, "kernel_sizes"),
+            [per_axis(s, dims) for s in per_stage_list(strides, n_stages, "strides")], encoder_blocks, decoder_blocks,
             layers, conv_bias,
-            _locate(norm_op, "norm_op"), norm_op_kwargs, _locate(dropout_op, "dropout_op"), dropout_op_kwargs,
-            _locate(nonlin, "nonlin"), nonlin_kwargs, deep_supervision)
+            locate_class(norm_op, "norm_op"), norm_op_kwargs, locate_class(dropout_op, "dropout_op"), dropout_op_kwargs,
+            locate_class(nonlin, "nonlin"), nonlin_kwargs, deep_supervision)
         self.input_channels, self.spatial_dims = input_channels, dims
 
     @classmethod

@@ -169,11 +169,17 @@ class nnUNetTrainerLoGVMamba_NoAMP(nnUNetTrainerLoGVMamba):
 
 
 class nnUNetTrainerLoGVMamba_Tiny(nnUNetTrainerLoGVMamba):
-    """For tests and demos: 2 epochs of 4 iterations, 2 validation iterations."""
+    """For tests: 2 epochs of 4 iterations, 2 validation iterations; in 2D a small VMamba encoder (widths 16-128,
+    one block per stage and per decoder level) so CPU runs stay short. 3D uses the plan's network unchanged."""
 
     epochs = 2
     iterations_per_epoch = 4
     val_iterations_per_epoch = 2
+
+    @classmethod
+    def network_2d_overrides(cls) -> dict:
+        return {**super().network_2d_overrides(), "widths": (16, 32, 64, 128), "depths": (1, 1, 1, 1),
+                "decoder_blocks_per_level": 1}
 
 
 class nnUNetTrainerLoGVMamba_Demo(nnUNetTrainerLoGVMamba):

@@ -30,6 +30,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from logvmamba_nnunet.modules.precision import autocast_disabled
+from logvmamba_nnunet.nnunet_trainers.swin_umamba import CosineLRScheduler
 
 
 def _monai_network_class(name: str) -> type[nn.Module]:
@@ -92,28 +93,6 @@ class PaddedFloat32Network(nn.Module):
             logits = self.network(F.pad(x.float(), pads))
         window = tuple(slice(b, b + s) for b, s in zip(before, spatial))
         return logits[(Ellipsis, *window)]
-
-
-class CosineLRScheduler(LRScheduler):
-    """Cosine annealing from ``initial_lr`` to ``min_lr`` over ``max_steps``, stepped like nnU-Net's
-    ``PolyLRScheduler`` (``step(current_epoch)``): lr = min_lr + (initial_lr - min_lr) (1 + cos(pi t / T)) / 2."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, max_steps: int, min_lr: float = 1e-6):
-        if max_steps < 1:
-            raise ValueError(f"max_steps={max_steps} must be >= 1.")
-        self.initial_lr, self.max_steps, self.min_lr = initial_lr, max_steps, min_lr
-        self.counter = 0
-        super().__init__(optimizer)
-
-    def step(self, current_step: int | None = None) -> None:
-        if current_step is None or current_step == -1:
-            current_step = self.counter
-            self.counter += 1
-        fraction = min(current_step, self.max_steps) / self.max_steps
-        lr = self.min_lr + (self.initial_lr - self.min_lr) * (1 + math.cos(math.pi * fraction)) / 2
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 class MonaiBaselineTrainer(nnUNetTrainer):
@@ -188,7 +167,7 @@ class nnUNetTrainerSwinUNETR(MonaiBaselineTrainer):
         return PaddedFloat32Network(network, size_multiple=32)
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer) -> LRScheduler:
-        return CosineLRScheduler(optimizer, self.initial_lr, self.num_epochs, min_lr=1e-6)
+        return CosineLRScheduler(optimizer, self.initial_lr, 1e-6, self.num_epochs)
 
 
 class nnUNetTrainerUNETR(MonaiBaselineTrainer):
