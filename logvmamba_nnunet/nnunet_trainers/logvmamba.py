@@ -18,11 +18,8 @@ training and when ``nnUNetv2_predict`` rebuilds the network.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
@@ -31,9 +28,10 @@ from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet
 from logvmamba_nnunet.networks.vmamba_encoder_2d import VMAMBA_TINY_WIDTHS
 from logvmamba_nnunet.networks.vmamba_unet_2d import LoGVMambaSwinUMamba2D, deep_supervision_scales_2d
 from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
+from logvmamba_nnunet.nnunet_trainers.base import PluginTrainer
 
 
-class nnUNetTrainerLoGVMamba(nnUNetTrainer):
+class nnUNetTrainerLoGVMamba(PluginTrainer):
     """LoG-VMamba U-Net (U-Mamba-Enc with LoG-family encoder blocks), paper recipe."""
 
     stage_kind: str | None = None  # None: the per-stage rule of networks.stage_rules; else this kind everywhere
@@ -43,18 +41,12 @@ class nnUNetTrainerLoGVMamba(nnUNetTrainer):
     use_vmamba_2d: bool = True  # 2D configurations: LoGVMambaSwinUMamba2D (True) or the U-Net (False)
     learning_rate: float = 1e-4
     adam_weight_decay: float = 1e-4
-    epochs: int = 1000
-    iterations_per_epoch: int = 250
-    val_iterations_per_epoch: int = 50
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.learning_rate
         self.weight_decay = self.adam_weight_decay
-        self.num_epochs = self.epochs
-        self.num_iterations_per_epoch = self.iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         if self.force_fp32:
             self.grad_scaler = None
 
@@ -99,12 +91,6 @@ class nnUNetTrainerLoGVMamba(nnUNetTrainer):
         groups = parameter_groups_for_weight_decay(self.network, self.weight_decay)
         optimizer = torch.optim.Adam(groups, lr=self.initial_lr)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
-
-    def _do_i_compile(self) -> bool:
-        """torch.compile only when ``nnUNet_compile`` explicitly asks for it (and nnU-Net allows it)."""
-        if os.environ.get("nnUNet_compile", "").lower() not in ("true", "1", "t"):
-            return False
-        return super()._do_i_compile()
 
 
 class nnUNetTrainerLoGVMambaUNet(nnUNetTrainerLoGVMamba):

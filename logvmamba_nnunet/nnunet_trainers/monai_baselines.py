@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from logvmamba_nnunet.modules.precision import autocast_disabled
+from logvmamba_nnunet.nnunet_trainers.base import PluginTrainer
 from logvmamba_nnunet.nnunet_trainers.swin_umamba import CosineLRScheduler
 
 
@@ -95,14 +94,11 @@ class PaddedFloat32Network(nn.Module):
         return logits[(Ellipsis, *window)]
 
 
-class MonaiBaselineTrainer(nnUNetTrainer):
+class MonaiBaselineTrainer(PluginTrainer):
     """Shared recipe of the MONAI baselines (not a trainer to use itself; see the module docstring)."""
 
     learning_rate: float = 1e-4
     adamw_weight_decay: float = 0.01
-    epochs: int = 1000
-    iterations_per_epoch: int = 250
-    val_iterations_per_epoch: int = 50
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -111,9 +107,6 @@ class MonaiBaselineTrainer(nnUNetTrainer):
         self.grad_scaler = None
         self.initial_lr = self.learning_rate
         self.weight_decay = self.adamw_weight_decay
-        self.num_epochs = self.epochs
-        self.num_iterations_per_epoch = self.iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
 
     @classmethod
     def build_monai_network(cls, num_input_channels: int, num_output_channels: int,
@@ -143,12 +136,6 @@ class MonaiBaselineTrainer(nnUNetTrainer):
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """The MONAI networks have a single output: nothing to switch."""
-
-    def _do_i_compile(self) -> bool:
-        """torch.compile only when ``nnUNet_compile`` explicitly asks for it (and nnU-Net allows it)."""
-        if os.environ.get("nnUNet_compile", "").lower() not in ("true", "1", "t"):
-            return False
-        return super()._do_i_compile()
 
 
 class nnUNetTrainerSwinUNETR(MonaiBaselineTrainer):
