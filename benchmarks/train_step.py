@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pydoc
 import resource
 import statistics
 import subprocess
@@ -28,7 +29,17 @@ import time
 import torch
 from torch import nn
 
-NETWORKS = ("nnU-Net default (PlainConvUNet)", "LoG-VMamba U-Net")
+# name -> (network class path, extra keyword arguments); the first is nnU-Net's default network
+NETWORKS = {
+    "nnU-Net default (PlainConvUNet)": ("dynamic_network_architectures.architectures.unet.PlainConvUNet", {}),
+    "U-Mamba-Enc": ("logvmamba_nnunet.networks.umamba.UMambaEncUNet", {}),
+    "U-Mamba-Bot": ("logvmamba_nnunet.networks.umamba.UMambaBotUNet", {}),
+    "VSS U-Net": ("logvmamba_nnunet.networks.log_vmamba_unet.LoGVMambaUNet", {"stage_kind": "vss"}),
+    "L-VMamba U-Net": ("logvmamba_nnunet.networks.log_vmamba_unet.LoGVMambaUNet", {"stage_kind": "local"}),
+    "G-VMamba U-Net": ("logvmamba_nnunet.networks.log_vmamba_unet.LoGVMambaUNet", {"stage_kind": "global"}),
+    "LoG-VMamba U-Net": ("logvmamba_nnunet.networks.log_vmamba_unet.LoGVMambaUNet", {}),
+}
+DEFAULT_NETWORKS = ["nnU-Net default (PlainConvUNet)", "LoG-VMamba U-Net"]
 
 
 def plan_kwargs(patch: list[int]) -> dict:
@@ -45,14 +56,15 @@ def plan_kwargs(patch: list[int]) -> dict:
 
 
 def build(name: str, patch: list[int], in_channels: int, classes: int) -> nn.Module:
+    """The network ``name`` of ``NETWORKS`` for the synthetic plan at ``patch``, as its trainer would build it."""
+    class_path, extra = NETWORKS[name]
     kwargs = plan_kwargs(patch)
-    if name == NETWORKS[0]:
-        from dynamic_network_architectures.architectures.unet import PlainConvUNet
-
-        return PlainConvUNet(in_channels, num_classes=classes, deep_supervision=True, **kwargs)
-    from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet
-
-    return LoGVMambaUNet(in_channels, classes, True, patch_size=patch, **kwargs)
+    if "LoGVMambaUNet" in class_path:
+        kwargs["patch_size"] = patch
+        if "stage_kind" in extra:
+            kwargs["stage_kinds"] = [extra["stage_kind"]] * kwargs["n_stages"]
+    network_class = pydoc.locate(class_path)
+    return network_class(in_channels, num_classes=classes, deep_supervision=True, **kwargs)
 
 
 def measure(name: str, patch: list[int], batch: int, device: str, repeats: int) -> dict:
@@ -102,14 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
-    parser.add_argument("--only", choices=NETWORKS, help=argparse.SUPPRESS)
+    parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=DEFAULT_NETWORKS,
+                        help="networks to compare (default: nnU-Net's default and LoG-VMamba)")
+    parser.add_argument("--only", choices=list(NETWORKS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.only:
         print(json.dumps(measure(args.only, args.patch, args.batch, args.device, args.repeats)))
         return 0
     rows = []
-    for name in NETWORKS:
+    for name in args.networks:
         command = [sys.executable, __file__, "--only", name, "--device", args.device, "--batch", str(args.batch),
                    "--repeats", str(args.repeats), "--threads", str(args.threads), "--patch", *map(str, args.patch)]
         result = subprocess.run(command, capture_output=True, text=True)
