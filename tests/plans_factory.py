@@ -4,32 +4,24 @@ from __future__ import annotations
 
 import copy
 
+from logvmamba_nnunet.nnunet.synthetic_plans import synthetic_configuration
+
 
 def configuration(dims: int, patch: list[int], n_stages: int, features: list[int], resenc: bool = False) -> dict:
-    conv = "torch.nn.modules.conv.Conv3d" if dims == 3 else "torch.nn.modules.conv.Conv2d"
-    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dims}d"
+    """The package's synthetic configuration for ``patch`` with a small, fixed topology (ResEnc kwargs if asked)."""
+    config = synthetic_configuration(patch)
+    config["data_identifier"] = f"nnUNetPlans_{dims}d"
     blocks = {"n_blocks_per_stage": [1] * n_stages} if resenc else {"n_conv_per_stage": [2] * n_stages}
-    return {
-        "data_identifier": f"nnUNetPlans_{dims}d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-        "patch_size": patch, "median_image_size_in_voxels": patch, "spacing": [1.0] * dims,
-        "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet."
-                                  + ("ResidualEncoderUNet" if resenc else "PlainConvUNet"),
-            "arch_kwargs": {
-                "n_stages": n_stages, "features_per_stage": features, "conv_op": conv,
-                "kernel_sizes": [[3] * dims] * n_stages, "strides": [[1] * dims] + [[2] * dims] * (n_stages - 1),
-                **blocks, "n_conv_per_stage_decoder": [1] * (n_stages - 1), "conv_bias": True, "norm_op": norm,
-                "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-                "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-        "batch_dice": False,
-    }
+    arch = config["architecture"]
+    if resenc:
+        arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    for key in ("n_conv_per_stage", "n_blocks_per_stage"):
+        arch["arch_kwargs"].pop(key, None)
+    arch["arch_kwargs"].update(
+        n_stages=n_stages, features_per_stage=features, kernel_sizes=[[3] * dims] * n_stages,
+        strides=[[1] * dims] + [[2] * dims] * (n_stages - 1), n_conv_per_stage_decoder=[1] * (n_stages - 1),
+        **blocks)
+    return config
 
 
 def plans(resenc: bool = False) -> dict:
