@@ -1,4 +1,4 @@
-"""The residual pre-norm block and DropPath."""
+"""The residual pre-norm block and its DropPath (dynamic-network-architectures' stochastic depth)."""
 
 import pytest
 import torch
@@ -26,7 +26,7 @@ def test_drop_path_drops_whole_samples_and_rescales_the_rest():
 @pytest.mark.parametrize("probability", [-0.1, 1.0])
 def test_drop_path_rejects_bad_probability(probability):
     with pytest.raises(ValueError, match=r"drop_path=.* must be in \[0, 1\)"):
-        DropPath(probability)
+        LoGVMambaBlock(8, 2, "vss", drop_path=probability)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The 2D model: VMamba-Tiny encoder + Swin-UMamba-dagger decoder with LoG-VMamba blocks (SPEC §5)."""
+"""The 2D model: VMamba-Tiny encoder + Swin-UMamba-dagger decoder with LoG-VMamba blocks (paper §3.4)."""
 
 import math
 

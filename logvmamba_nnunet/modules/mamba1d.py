@@ -17,14 +17,12 @@ connection: it returns mamba(norm(x)).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from logvmamba_nnunet.modules.precision import autocast_disabled
-from logvmamba_nnunet.modules.ssm import default_dt_rank, inverse_softplus
+from logvmamba_nnunet.modules.ssm import check_dt_range, default_dt_rank, init_mamba_ssm_parameters
 from logvmamba_nnunet.modules.validation import check_positive_int
 from logvmamba_nnunet.modules.weight_decay import tag_no_weight_decay
 from logvmamba_nnunet.ops import selective_scan
@@ -75,8 +73,7 @@ class Mamba1d(nn.Module):
             check_positive_int(name, value)
         rank = default_dt_rank(d_model) if dt_rank is None else dt_rank
         check_positive_int("dt_rank", rank)
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}.")
+        check_dt_range(dt_min, dt_max)
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner, self.dt_rank = expand * d_model, rank
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
@@ -90,16 +87,11 @@ class Mamba1d(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
         self.reset_ssm_parameters()
 
-    @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
-        """Mamba's initialisation of dt_proj, A_log and D (the other layers keep PyTorch's defaults)."""
-        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
-        dt = torch.exp(torch.rand(self.d_inner) * (log_max - log_min) + log_min)
-        self.dt_proj.bias.copy_(inverse_softplus(dt.clamp(min=self.dt_init_floor)))
-        state_index = torch.arange(1, self.d_state + 1, dtype=torch.float32)
-        self.A_log.copy_(torch.log(state_index).expand_as(self.A_log))
-        self.D.fill_(1.0)
+        """Mamba's initialisation of dt_proj, A_log and D (``init_mamba_ssm_parameters``; the other layers keep
+        PyTorch's defaults)."""
+        init_mamba_ssm_parameters(self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.dt_min,
+                                  self.dt_max, self.dt_init_floor)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens: (B, L, d_model) -> (B, L, d_model)."""

@@ -1,4 +1,4 @@
-"""The S6 parameter set of K scan directions and the call to the selective scan (paper §3.1, SPEC §3).
+"""The S6 parameter set of K scan directions and the call to the selective scan (paper §3.1, §3.3).
 
 Per direction k, on a sequence of width W: x_proj (W -> R + 2N, no bias) gives dt, B and C; dt_proj
 (R -> W) maps dt to the step, its bias is passed to the scan as ``delta_bias`` with softplus;
@@ -29,6 +29,31 @@ def inverse_softplus(x: Tensor) -> Tensor:
 def default_dt_rank(width: int) -> int:
     """Mamba's "auto" rank of the dt projection: ceil(width / 16)."""
     return math.ceil(width / 16)
+
+
+def check_dt_range(dt_min: float, dt_max: float) -> None:
+    """ValueError unless 0 < dt_min <= dt_max (the range of the initial step)."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}.")
+
+
+@torch.no_grad()
+def init_mamba_ssm_parameters(dt_proj_weight: Tensor, dt_proj_bias: Tensor, A_log: Tensor, D: Tensor,
+                              dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+    """Mamba's initialisation of the S6 parameters, in place, for one or K stacked directions.
+
+    dt_proj_weight (..., W, R): U(+-R^-0.5); dt_proj_bias (..., W): softplus^-1(dt) with dt log-uniform in
+    [dt_min, dt_max], floored at dt_init_floor, so that softplus(bias) starts in that range; A_log (..., N):
+    log(1..N) for every channel (S4D-real); D: 1.
+    """
+    rank = dt_proj_weight.shape[-1]
+    nn.init.uniform_(dt_proj_weight, -rank**-0.5, rank**-0.5)
+    log_min, log_max = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(torch.rand_like(dt_proj_bias) * (log_max - log_min) + log_min)
+    dt_proj_bias.copy_(inverse_softplus(dt.clamp(min=dt_init_floor)))
+    state_index = torch.arange(1, A_log.shape[-1] + 1, dtype=A_log.dtype, device=A_log.device)
+    A_log.copy_(torch.log(state_index).expand_as(A_log))
+    D.fill_(1.0)
 
 
 class SelectiveSSM(nn.Module):
@@ -62,8 +87,7 @@ class SelectiveSSM(nn.Module):
         check_positive_int("d_state", d_state)
         rank = default_dt_rank(width) if dt_rank is None else dt_rank
         check_positive_int("dt_rank", rank)
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}.")
+        check_dt_range(dt_min, dt_max)
         self.width, self.directions, self.d_state, self.dt_rank = width, directions, d_state, rank
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self.scan_backend = scan_backend
@@ -74,19 +98,11 @@ class SelectiveSSM(nn.Module):
         self.D = tag_no_weight_decay(nn.Parameter(torch.empty(directions * width)))
         self.reset_parameters()
 
-    @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Mamba's initialisation: x_proj as nn.Linear (U(+-W^-0.5)); dt_proj weight U(+-R^-0.5);
-        dt_proj bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] floored at dt_init_floor;
-        A_log = log(1..N); D = 1."""
+        """Mamba's initialisation: x_proj as nn.Linear (U(+-W^-0.5)), then ``init_mamba_ssm_parameters``."""
         nn.init.uniform_(self.x_proj_weight, -self.width**-0.5, self.width**-0.5)
-        nn.init.uniform_(self.dt_proj_weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
-        dt = torch.exp(torch.rand_like(self.dt_proj_bias) * (log_max - log_min) + log_min)
-        self.dt_proj_bias.copy_(inverse_softplus(dt.clamp(min=self.dt_init_floor)))
-        state_index = torch.arange(1, self.d_state + 1, dtype=self.A_log.dtype)
-        self.A_log.copy_(torch.log(state_index).expand_as(self.A_log))
-        self.D.fill_(1.0)
+        init_mamba_ssm_parameters(self.dt_proj_weight, self.dt_proj_bias, self.A_log, self.D, self.dt_min,
+                                  self.dt_max, self.dt_init_floor)
 
     def forward(self, sequences: Tensor) -> Tensor:
         """sequences: (B, K, W, T) -> outputs (B, K, W, T), float32.

@@ -1,10 +1,10 @@
 """A residual U-Net whose encoder stages are each followed by an optional sequence layer (U-Mamba-Enc style).
 
-This is U-Mamba-Enc's topology (SPEC §4): dynamic-network-architectures' residual encoder (stem, then per stage a
-strided residual block and more residual blocks), a layer after every encoder stage (a LoG-VMamba block, a Mamba
-layer, or ``nn.Identity``), and the residual decoder of ``UNetResDecoder`` (transposed conv, concatenate the skip,
-residual blocks, a 1x1 segmentation head per level for deep supervision). The networks of this package and the
-U-Mamba baselines differ only in the per-stage layers they pass in.
+This is U-Mamba-Enc's topology (paper §3.4, see ``docs/architecture.md``): dynamic-network-architectures' residual
+encoder (stem, then per stage a strided residual block and more residual blocks), a layer after every encoder stage
+(a LoG-VMamba block, a Mamba layer, or ``nn.Identity``), and the residual decoder of ``UNetResDecoder`` (transposed
+conv, concatenate the skip, residual blocks, a 1x1 segmentation head per level for deep supervision). The networks of
+this package and the U-Mamba baselines differ only in the per-stage layers they pass in.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dynamic_network_architectures.building_blocks.residual_encoders import Resi
 from dynamic_network_architectures.building_blocks.unet_residual_decoder import UNetResDecoder
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
+
+from logvmamba_nnunet.networks.plan_topology import PlanTopology
 
 
 class ResidualEncoderWithStageLayers(nn.Module):
@@ -54,28 +56,38 @@ class ResidualEncoderWithStageLayers(nn.Module):
 class ResidualUNetWithStageLayers(nn.Module):
     """Encoder (residual stages + per-stage layers) and U-Mamba-Enc's residual decoder with deep supervision.
 
-    Forward: x (B, C_in, *S) -> logits (B, num_classes, *S), or with ``decoder.deep_supervision`` a list of logits
-    at full resolution first, then each lower decoder level. Parameters do not depend on deep supervision.
+    Args:
+        input_channels, num_classes, deep_supervision: as nnU-Net passes them.
+        topology: the plan's U-Net (``PlanTopology.from_arch_kwargs``).
+        stage_layers: one module per encoder stage (``nn.Identity()`` for none), channels-first in and out.
+
+    The convolutional parts get dynamic-network-architectures' He initialisation; the stage layers keep their own.
+
+    Forward: x (B, input_channels, *S) -> logits (B, num_classes, *S), or with ``decoder.deep_supervision`` a list of
+    logits at full resolution first, then each lower decoder level. Parameters do not depend on deep supervision.
     """
 
-    def __init__(self, input_channels: int, num_classes: int, n_stages: int, features_per_stage: Sequence[int],
-                 conv_op: type[nn.Module], kernel_sizes: Sequence, strides: Sequence,
-                 n_blocks_per_stage: Sequence[int], n_conv_per_stage_decoder: Sequence[int],
-                 stage_layers: Sequence[nn.Module], conv_bias: bool = False,
-                 norm_op: type[nn.Module] | None = None, norm_op_kwargs: dict | None = None,
-                 dropout_op: type[nn.Module] | None = None, dropout_op_kwargs: dict | None = None,
-                 nonlin: type[nn.Module] | None = None, nonlin_kwargs: dict | None = None,
-                 deep_supervision: bool = True):
+    def __init__(self, input_channels: int, num_classes: int, topology: PlanTopology,
+                 stage_layers: Sequence[nn.Module], deep_supervision: bool = True):
         super().__init__()
+        t = topology
         residual_encoder = ResidualEncoder(
-            input_channels, n_stages, list(features_per_stage), conv_op, list(kernel_sizes), list(strides),
-            list(n_blocks_per_stage), conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin,
-            nonlin_kwargs, return_skips=True)
+            input_channels, t.n_stages, t.features_per_stage, t.conv_op, t.kernel_sizes, t.strides,
+            t.n_blocks_per_stage, t.conv_bias, t.norm_op, t.norm_op_kwargs, t.dropout_op, t.dropout_op_kwargs,
+            t.nonlin, t.nonlin_kwargs, return_skips=True)
+        self.input_channels, self.spatial_dims = input_channels, t.spatial_dims
         self.encoder = ResidualEncoderWithStageLayers(residual_encoder, stage_layers)
-        self.decoder = UNetResDecoder(self.encoder, num_classes, list(n_conv_per_stage_decoder), deep_supervision)
-        # He init for the convolutional parts only; the stage layers keep their own initialisation
+        self.decoder = UNetResDecoder(self.encoder, num_classes, t.n_conv_per_stage_decoder, deep_supervision)
         for part in (residual_encoder, self.decoder.stages, self.decoder.transpconvs, self.decoder.seg_layers):
             part.apply(InitWeights_He(1e-2))
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """ValueError unless x is (B, input_channels, *S) with ``spatial_dims`` spatial axes."""
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.input_channels:
+            raise ValueError(f"expected a {self.spatial_dims}D input (B, {self.input_channels}, *spatial), got "
+                             f"{tuple(x.shape)}: the network was built for {self.input_channels} input channels "
+                             "(check the dataset's channel_names and the images' modalities).")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        self.check_input(x)
         return self.decoder(self.encoder(x))

@@ -1,4 +1,4 @@
-"""Per-stage choice of mixer kind and GTX settings for the encoder of the LoG-VMamba U-Net (SPEC §4).
+"""Per-stage choice of mixer kind and GTX settings for the encoder of the LoG-VMamba U-Net (paper §3.4).
 
 The authors' 5-stage BraTS model (patch 128^3, stage sizes 128, 64, 32, 16, 8) uses:
 

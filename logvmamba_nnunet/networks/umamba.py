@@ -19,14 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from logvmamba_nnunet.modules.mamba1d import UMambaLayer
-from logvmamba_nnunet.networks.plan_arguments import locate_class, per_axis, per_stage_list
+from logvmamba_nnunet.networks.plan_topology import PlanTopology
 from logvmamba_nnunet.networks.residual_unet import ResidualUNetWithStageLayers
-
-_CONV_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
 
 
 def umamba_block_counts(encoder_blocks: Sequence[int], decoder_blocks: Sequence[int]
@@ -50,14 +47,14 @@ class _UMambaUNet(ResidualUNetWithStageLayers):
     """Plan kwargs -> residual U-Net with a ``UMambaLayer`` after every encoder stage, or, when the class attribute
     ``bottleneck_only`` is set, after the last stage only.
 
-    Args (nnU-Net ``arch_kwargs`` plus the Mamba settings):
+    Args:
         input_channels, num_classes, deep_supervision: as nnU-Net passes them.
-        n_stages, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage_decoder, conv_bias, norm_op,
-            norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs: from the plan (classes or dotted
-            names).
-        n_blocks_per_stage / n_conv_per_stage: residual blocks per encoder stage (ResEnc plans / default plans).
         d_state, d_conv, expand, scan_backend: passed to every ``UMambaLayer``.
         umamba_depth_rule: apply ``umamba_block_counts`` to the plan's block counts (U-Mamba does).
+        **arch_kwargs: the plan's ``architecture.arch_kwargs`` (n_stages, features_per_stage, conv_op, kernel_sizes,
+            strides, n_conv_per_stage or n_blocks_per_stage, n_conv_per_stage_decoder, conv_bias, norm_op,
+            norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs; see
+            ``PlanTopology.from_arch_kwargs``).
 
     Forward: x (B, input_channels, *S) -> logits (B, num_classes, *S), or with deep supervision a list of logits,
     full resolution first.
@@ -66,49 +63,21 @@ class _UMambaUNet(ResidualUNetWithStageLayers):
     bottleneck_only: bool = False
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = True, *,
-                 n_stages: int, features_per_stage: Sequence[int] | int, conv_op, kernel_sizes, strides,
-                 n_conv_per_stage_decoder: Sequence[int] | int, n_blocks_per_stage: Sequence[int] | int | None = None,
-                 n_conv_per_stage: Sequence[int] | int | None = None, conv_bias: bool = False,
-                 norm_op=None, norm_op_kwargs: dict | None = None, dropout_op=None,
-                 dropout_op_kwargs: dict | None = None, nonlin=None, nonlin_kwargs: dict | None = None,
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto",
-                 umamba_depth_rule: bool = True):
-        conv_op = locate_class(conv_op, "conv_op")
-        if conv_op not in _CONV_DIMS:
-            raise ValueError(f"conv_op {getattr(conv_op, '__name__', conv_op)} is not supported: U-Mamba networks "
-                             "are 2D (Conv2d) or 3D (Conv3d). For other data, use a 2d or 3d_fullres configuration.")
-        blocks = n_blocks_per_stage if n_blocks_per_stage is not None else n_conv_per_stage
-        if blocks is None:
-            raise ValueError("give n_blocks_per_stage (ResEnc plans) or n_conv_per_stage (default plans).")
-        features = per_stage_list(features_per_stage, n_stages, "features_per_stage")
-        encoder_blocks = per_stage_list(blocks, n_stages, "n_blocks_per_stage")
-        decoder_blocks = per_stage_list(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
+                 umamba_depth_rule: bool = True, **arch_kwargs):
+        topology = PlanTopology.from_arch_kwargs(**arch_kwargs)
         if umamba_depth_rule:
-            encoder_blocks, decoder_blocks = umamba_block_counts(encoder_blocks, decoder_blocks)
+            topology = topology.with_block_counts(
+                *umamba_block_counts(topology.n_blocks_per_stage, topology.n_conv_per_stage_decoder))
         layers = [UMambaLayer(width, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
                   if with_mamba else nn.Identity()
-                  for width, with_mamba in zip(features, self.stages_with_mamba(n_stages))]
-        dims = _CONV_DIMS[conv_op]
-        super().__init__(
-            input_channels, num_classes, n_stages, features, conv_op,
-            per_stage_list(kernel_sizes, n_stages, "kernel_sizes"),
-            [per_axis(s, dims) for s in per_stage_list(strides, n_stages, "strides")], encoder_blocks, decoder_blocks,
-            layers, conv_bias,
-            locate_class(norm_op, "norm_op"), norm_op_kwargs, locate_class(dropout_op, "dropout_op"), dropout_op_kwargs,
-            locate_class(nonlin, "nonlin"), nonlin_kwargs, deep_supervision)
-        self.input_channels, self.spatial_dims = input_channels, dims
+                  for width, with_mamba in zip(topology.features_per_stage, self.stages_with_mamba(topology.n_stages))]
+        super().__init__(input_channels, num_classes, topology, layers, deep_supervision)
 
     @classmethod
     def stages_with_mamba(cls, n_stages: int) -> list[bool]:
         """For each encoder stage, whether a ``UMambaLayer`` follows it."""
         return [not cls.bottleneck_only or stage == n_stages - 1 for stage in range(n_stages)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.input_channels:
-            raise ValueError(f"expected a {self.spatial_dims}D input (B, {self.input_channels}, *spatial), got "
-                             f"{tuple(x.shape)}: the network was built for {self.input_channels} input channels "
-                             "(check the dataset's channel_names and the images' modalities).")
-        return super().forward(x)
 
 
 class UMambaEncUNet(_UMambaUNet):

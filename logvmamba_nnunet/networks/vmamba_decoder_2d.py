@@ -1,4 +1,4 @@
-"""The Swin-UMamba-dagger decoder with LoG-VMamba blocks, 2D, channels-last inside (SPEC §5, paper §3.4).
+"""The Swin-UMamba-dagger decoder with LoG-VMamba blocks, 2D, channels-last inside (paper §3.4).
 
 Per level, deepest first (level l rebuilds the resolution of encoder stage S - 2 - l, width C = that stage's width):
 

@@ -1,4 +1,4 @@
-"""The VMamba (v0) encoder of Swin-UMamba-dagger, 2D, channels-last (SPEC §5).
+"""The VMamba (v0) encoder of Swin-UMamba-dagger, 2D, channels-last (paper §3.4).
 
     x (B, C_in, H, W)
     patch embedding: Conv2d(C_in -> w0, kernel 4, stride 4) + LayerNorm(w0)        -> (B, H/4, W/4, w0)

@@ -1,4 +1,4 @@
-"""The paper's 2D model (§3.4, SPEC §5): Swin-UMamba-dagger -- a VMamba-Tiny encoder and a decoder of patch
+"""The paper's 2D model (§3.4): Swin-UMamba-dagger -- a VMamba-Tiny encoder and a decoder of patch
 expanding and Mamba blocks -- with LoG-VMamba blocks in the decoder.
 
 Any input size works: height and width are zero-padded at the bottom/right to a multiple of 32 (4 * 2^(stages - 1))
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.modules.validation import check_positive_int
 from logvmamba_nnunet.networks.vmamba_decoder_2d import LoGVMambaDecoder2D
 from logvmamba_nnunet.networks.vmamba_encoder_2d import (
@@ -108,7 +109,7 @@ class LoGVMambaSwinUMamba2D(nn.Module):
             raise ValueError(f"expected a 2D input (B, {self.input_channels}, H, W), got {tuple(x.shape)}: the network "
                              f"was built for {self.input_channels} input channels (check the dataset's channel_names).")
         if self.force_fp32:
-            with torch.autocast(device_type=x.device.type, enabled=False):
+            with autocast_disabled(x.device):
                 return self._padded_forward(x.float())
         return self._padded_forward(x)
 
