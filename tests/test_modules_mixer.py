@@ -39,14 +39,22 @@ def explicit_orders(spatial_size, directions):
 
 
 def explicit_interleaved(n_local, n_global):
-    """[('g', j) | ('l', i)] following the documented interleaved layout."""
+    """[('g', j) | ('l', i)] following the documented interleaved layout: with r = ceil(L / G), the first
+    G - (number of grid slots) slots and the grid slots s0, s0 + r + 1, ... < L + G, with
+    s0 = ceil((G - floor(L / r)) / (r + 1)) * (r + 1), hold the globals in order; the locals fill the rest."""
     interval = math.ceil(n_local / n_global)
-    blocks = math.ceil(n_local / interval)
-    excess = n_global - blocks
-    sequence = [("g", j) for j in range(excess)]
-    for b in range(blocks):
-        sequence.append(("g", excess + b))
-        sequence += [("l", i) for i in range(b * interval, min(n_local, (b + 1) * interval))]
+    length = n_local + n_global
+    start = math.ceil((n_global - n_local // interval) / (interval + 1)) * (interval + 1)
+    grid = range(start, length, interval + 1)
+    front = n_global - len(grid)
+    sequence, next_global, next_local = [], 0, 0
+    for slot in range(length):
+        if slot < front or slot in grid:
+            sequence.append(("g", next_global))
+            next_global += 1
+        else:
+            sequence.append(("l", next_local))
+            next_local += 1
     return sequence
 
 

@@ -1,17 +1,30 @@
 """Where the global tokens go in the sequence of local tokens (paper §3.3), and the exact inverse.
 
 For L local and G global tokens the sequence has T = L + G slots. Local tokens keep their order, and so
-do global tokens. Layouts (``l`` local, ``g`` global):
+do global tokens. The ``split`` and ``interleaved`` layouts are those of the authors' released code
+(their ``split`` and ``even`` modes); ``docs/architecture.md`` shows examples. Layouts (``l`` local,
+``g`` global):
 
 * ``head``: all G globals first: ``g..g l..l``.
 * ``middle``: the globals between the first floor(L/2) locals and the rest.
-* ``split`` (the authors' code): the first ceil(G/2) globals at the front, the other floor(G/2) between
-  the first floor(L/2) locals and the rest (with G = 1 this is ``head``).
-* ``interleaved`` (default, the paper's choice): with r = ceil(L / G) and m = ceil(L / r) <= G, the
-  sequence is h = G - m excess globals at the very front, then m blocks of one global followed by r
-  locals (the last block holds the L - (m - 1) r >= 1 remaining locals). Globals therefore sit at every
-  (r+1)-th slot from slot h on, and every global precedes at least one local token, so a causal scan
-  sees all of them before the end.
+* ``split``: the first floor(G/2) globals at the front, the other ceil(G/2) between the first floor(L/2)
+  locals and the rest (with G = 1 this is ``middle``). Unlike the authors' code, no local token is
+  dropped when L is odd.
+* ``interleaved`` (default, the paper's choice): with r = ceil(L / G) and P = r + 1, the globals take
+  the first h slots and every slot from h on whose index is a multiple of P; the locals take all other
+  slots. h is what makes the globals number G: h0 = G - floor(L / r), the grid starts at
+  s0 = ceil(h0 / P) * P, the grid slots are s0, s0 + P, ... < T, and h = G - (number of grid slots).
+  Globals 0..h-1 sit in slots 0..h-1 and the rest on the grid, in order. The sequence is therefore
+  ``g^h``, a run of at most r locals (up to the next multiple of P), blocks of one global and r locals,
+  and a last block of one global and 0..r locals.
+
+  The formula is consistent for every L >= 1, G >= 1 (also G > L): write L = n r + s with 0 <= s < r and
+  e = s0 - h0 (0 <= e <= r). Then h = h0 if s <= e and h = h0 - 1 >= 0 otherwise, so h <= s0 < h + P:
+  no grid slot lies below h, no multiple of P in [h, s0) is left over, and the locals fill exactly L
+  slots. Slot 0 always holds a global, so every causal scan direction reads one before any local token.
+  Each global is followed by at most r locals before the next one, with the excess globals at the
+  beginning, as the paper says. When s = e + 1 the last block holds no local: the last slot is a global,
+  as in the authors' code (this happens in none of the paper's settings). G = 0 gives the locals alone.
 """
 
 from __future__ import annotations
@@ -28,7 +41,8 @@ PLACEMENTS = ("head", "middle", "split", "interleaved")
 
 def _global_mask(mode: str, n_local: int, n_global: int) -> Tensor:
     """Bool (L + G,): True at the slots that hold global tokens."""
-    is_global = torch.zeros(n_local + n_global, dtype=torch.bool)
+    length = n_local + n_global
+    is_global = torch.zeros(length, dtype=torch.bool)
     if n_global == 0:
         return is_global
     half_local = n_local // 2
@@ -37,20 +51,22 @@ def _global_mask(mode: str, n_local: int, n_global: int) -> Tensor:
     elif mode == "middle":
         is_global[half_local : half_local + n_global] = True
     elif mode == "split":
-        front = n_global - n_global // 2
+        front = n_global // 2
         is_global[:front] = True
         is_global[front + half_local : n_global + half_local] = True
     else:
         interval = -(-n_local // n_global)
-        n_blocks = -(-n_local // interval)
-        excess = n_global - n_blocks
-        is_global[:excess] = True
-        is_global[excess : excess + n_blocks * (interval + 1) : interval + 1] = True
+        period = interval + 1
+        unplaced = n_global - n_local // interval
+        grid = torch.arange(-(-unplaced // period) * period, length, period)
+        is_global[: n_global - grid.numel()] = True
+        is_global[grid] = True
     return is_global
 
 
 @functools.lru_cache(maxsize=256)
 def _slots(mode: str, n_local: int, n_global: int) -> tuple[Tensor, Tensor]:
+    """(local slots (L,), global slots (G,)), both increasing."""
     is_global = _global_mask(mode, n_local, n_global)
     return (~is_global).nonzero().flatten(), is_global.nonzero().flatten()
 
@@ -67,8 +83,8 @@ class TokenPlacement:
         self.mode = mode
 
     def slots(self, n_local: int, n_global: int) -> tuple[Tensor, Tensor]:
-        """Sequence positions (int64, CPU; do not modify) of the L local tokens, shape (L,), and of the
-        G global tokens, shape (G,), in a sequence of L + G slots."""
+        """Sequence positions (int64, CPU, increasing; do not modify) of the L local tokens, shape (L,),
+        and of the G global tokens, shape (G,), in a sequence of L + G slots."""
         if n_local < 1 or n_global < 0:
             raise ValueError(
                 f"need n_local >= 1 and n_global >= 0, got n_local={n_local}, n_global={n_global}."
