@@ -64,3 +64,25 @@ def test_block_keeps_float64_and_forwards_arguments():
 def test_block_rejects_bad_dim():
     with pytest.raises(ValueError, match="dim=0 must be a positive integer"):
         LoGVMambaBlock(0, 2, "vss")
+
+
+@pytest.mark.parametrize("fp32, inner_dtype", [(True, torch.float32), (False, torch.bfloat16)])
+def test_fp32_block_runs_every_layer_in_float32_under_autocast(fp32, inner_dtype):
+    """With ``fp32`` the projections run in float32 under bf16 autocast (the SSM always does); the output keeps the
+    input dtype either way."""
+    torch.manual_seed(0)
+    block = LoGVMambaBlock(8, 3, "local_global", planned_size=(2, 3, 3), d_state=4, fp32=fp32)
+    seen = []
+    block.mixer.in_proj.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    block.mixer.out_proj.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    x = torch.randn(2, 2, 3, 3, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    assert seen == [inner_dtype, inner_dtype]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_norm_eps_and_drop_path_are_set():
+    block = LoGVMambaBlock(8, 2, "vss", 0.1, norm_eps=1e-6)
+    assert block.norm.eps == 1e-6 and block.drop_path.drop_prob == 0.1
+    assert LoGVMambaBlock(8, 2, "vss").norm.eps == 1e-5

@@ -310,3 +310,23 @@ def test_wrong_input_shape_raises():
         mixer(torch.randn(1, 8, 4, 4, 1))
     with pytest.raises(ValueError, match="got shape"):
         mixer(torch.randn(1, 4, 4, 6))
+
+
+@pytest.mark.parametrize(
+    ("dim", "spatial_dims", "kind", "expected"),
+    [
+        (384, 2, "local_global", 27),  # the authors' deepest 2D decoder level: ceil(384 / 8 * 9 / 16)
+        (192, 2, "local", 14),
+        (96, 2, "vss", 6),  # VMamba's ceil(C / 16)
+        (96, 2, "global", 6),
+        (64, 3, "local_global", 7),  # E = 1 in 3D: equal to ceil(W / 16) with W = 64 / 16 * 27 = 108
+        (256, 3, "global", 16),
+    ],
+)
+def test_default_dt_rank_is_computed_from_the_block_width(dim, spatial_dims, kind, expected):
+    """The authors compute the dt rank from the block width C, not from the SSM width W (2x larger in 2D)."""
+    with torch.device("meta"):
+        mixer = LoGVMambaMixer(dim, spatial_dims, kind, planned_size=(8,) * spatial_dims)
+    assert mixer.ssm.dt_rank == expected
+    if spatial_dims == 3:
+        assert expected == math.ceil(mixer.ssm.width / 16)

@@ -96,7 +96,7 @@ def test_local_extractor_rejects_non_dividing_squeeze():
 @pytest.mark.parametrize(
     ("spatial_dims", "stride", "expected"),
     [
-        (3, 1, (1, 1, 0)), (3, 2, (3, 1, 1)), (3, 4, (3, 2, 2)),
+        (3, 1, (1, 1, 0)), (3, 2, (3, 1, 1)), (3, 4, (3, 2, 2)), (3, 8, (5, 2, 3)),
         (2, 2, (3, 1, 1)), (2, 4, (5, 1, 2)),
     ],
 )
@@ -112,6 +112,24 @@ def test_gtx_compressed_length_is_ceil_and_matches_the_conv(spatial_dims):
         conv_out = F.conv1d(torch.ones(1, 1, length), torch.ones(1, 1, kernel), stride=stride,
                             padding=padding, dilation=dilation).shape[-1]
         assert compressed_length(length, stride, spatial_dims) == conv_out == math.ceil(length / stride)
+
+
+@pytest.mark.parametrize("length", [8, 16, 24, 64])
+def test_gtx_stride_8_in_3d_gives_one_eighth_of_the_grid(length):
+    """The authors' 3D stride 8 (kernel 5, dilation 2, padding 3) compresses n to n / 8 for n a multiple of 8."""
+    gtx = GlobalTokenExtractor(4, 3, (length, 16, 8), stride=(8, 8, 8))
+    assert gtx.compress.kernel_size == (5, 5, 5) and gtx.compress.dilation == (2, 2, 2)
+    assert gtx.compress.padding == (3, 3, 3)
+    assert gtx.planned_grid == (length // 8, 2, 1)
+    features = torch.randn(1, 4, length, 16, 8)
+    assert tuple(gtx.compress(features).shape[2:]) == gtx.planned_grid
+
+
+def test_gtx_stride_8_in_3d_accepts_axes_shorter_than_its_kernel():
+    """Axes of 1 or 2 positions are zero-padded to the 3 the conv needs; the grid is then resampled as usual."""
+    assert [compressed_length(n, 8, 3) for n in (1, 2, 3, 9, 10, 11)] == [1, 1, 1, 1, 1, 2]
+    gtx = GlobalTokenExtractor(4, 3, (8, 8, 8), stride=8)
+    assert gtx(torch.randn(1, 4, 1, 2, 8)).shape == (1, 4, 4)
 
 
 def reference_global_tokens(gtx, features, kernel, dilation, padding, stride, squeeze):

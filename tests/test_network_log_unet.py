@@ -1,5 +1,7 @@
 """The LoG-VMamba U-Net built from nnU-Net-style architecture kwargs."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -46,6 +48,7 @@ def test_brats_reference_parameter_count():
 def test_forward_shapes_with_and_without_deep_supervision(dims, patch, strides):
     torch.manual_seed(0)
     kwargs = plan_kwargs(dims, 3, [8, 16, 32], patch, strides, blocks_key="n_blocks_per_stage")
+    kwargs["drop_path_rate"] = 0.0  # both forwards below run in training mode: no random branch drops
     with_ds, without_ds = LoGVMambaUNet(2, 3, True, **kwargs), LoGVMambaUNet(2, 3, False, **kwargs)
     assert [n for n, _ in with_ds.named_parameters()] == [n for n, _ in without_ds.named_parameters()]
     without_ds.load_state_dict(with_ds.state_dict(), strict=True)
@@ -101,3 +104,55 @@ def test_wrong_number_of_input_channels():
     net = LoGVMambaUNet(3, 2, False, **plan_kwargs(2, 2, [8, 16], [16, 16], [[1, 1], [2, 2]]))
     with pytest.raises(ValueError, match="built for 3 input channels"):
         net(torch.randn(1, 1, 16, 16))
+
+
+def log_blocks(net: LoGVMambaUNet) -> list:
+    return [layer.block for layer in net.encoder.stage_layers if isinstance(layer, ChannelsFirstBlock)]
+
+
+def test_blocks_follow_the_authors_3d_settings():
+    """As the authors' 3D network: LayerNorm eps 1e-6, DropPath 0.1 on every block, the whole block in float32."""
+    with torch.device("meta"):
+        net = LoGVMambaUNet(4, 3, True, **brats_reference_arch_kwargs())
+    assert {(b.norm.eps, b.drop_path.drop_prob, b.fp32) for b in log_blocks(net)} == {(1e-6, 0.1, True)}
+
+
+@pytest.mark.parametrize("fp32_blocks, inner_dtype", [(True, torch.float32), (False, torch.bfloat16)])
+def test_blocks_run_in_float32_under_autocast(fp32_blocks, inner_dtype):
+    torch.manual_seed(0)
+    kwargs = plan_kwargs(3, 3, [8, 16, 32], [8, 8, 8], [[1] * 3, [2] * 3, [2] * 3])
+    net = LoGVMambaUNet(1, 2, False, fp32_blocks=fp32_blocks, **kwargs)
+    seen = []
+    for block in log_blocks(net):
+        block.mixer.in_proj.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.randn(1, 1, 8, 8, 8))
+    assert seen == [inner_dtype] * 3
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def he_std(fan_in: int) -> float:
+    """Standard deviation of dynamic-network-architectures' ``InitWeights_He(1e-2)``."""
+    return math.sqrt(2 / ((1 + 0.01**2) * fan_in))
+
+
+def test_block_convolutions_get_he_init():
+    """``InitWeights_He(1e-2)`` reaches the convolutions inside the blocks, as over the authors' whole model."""
+    torch.manual_seed(0)
+    net = LoGVMambaUNet(4, 3, True, **{**brats_reference_arch_kwargs(), "patch_size": [32, 32, 32]})
+    blocks = log_blocks(net)
+    squeeze = blocks[1].mixer.extractor.squeeze  # LTX of the LoG block at 64 channels: 16 inputs per output, k3
+    depthwise = blocks[3].mixer.extractor.conv  # vanilla extractor of the G block at 256 channels: depthwise k3
+    for conv, fan_in in ((squeeze, 16 * 27), (depthwise, 27)):
+        assert conv.weight.numel() >= 1728 and torch.all(conv.bias == 0)
+        assert abs(conv.weight.std().item() / he_std(fan_in) - 1) < 0.1
+
+
+def test_block_parameters_match_the_authors_at_their_stage_sizes():
+    """The authors' blocks run at half this topology's resolution (64^3 ... 4^3 for a 128^3 patch, GTX grids of
+    512, 512, 512 and 64 positions); at those sizes and strides every block has the authors' parameter count."""
+    with torch.device("meta"):
+        net = LoGVMambaUNet(4, 3, True, gtx_strides=[1, 4, 2, 1, 1],
+                            **{**brats_reference_arch_kwargs(), "patch_size": [64, 64, 64]})
+    counts = [sum(p.numel() for p in layer.parameters()) for layer in net.encoder.stage_layers]
+    assert counts == [8_926, 86_528, 214_480, 357_504, 367_400]

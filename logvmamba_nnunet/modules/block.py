@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from dynamic_network_architectures.building_blocks.regularization import DropPath
 from torch import Tensor, nn
 
 from logvmamba_nnunet.modules.mixer import LoGVMambaMixer
+from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.modules.validation import check_positive_int
 
 __all__ = ["DropPath", "LoGVMambaBlock"]
@@ -20,21 +22,35 @@ class LoGVMambaBlock(nn.Module):
         dim, spatial_dims, kind: as ``LoGVMambaMixer``.
         drop_path: probability in [0, 1) that dynamic-network-architectures' ``DropPath`` (stochastic depth, the
             timm implementation) drops the mixer branch of a sample in training.
+        norm_eps: eps of the pre-norm LayerNorm (the authors: 1e-5 in their 2D model, 1e-6 in their 3D one).
+        fp32: run the whole block in float32 with autocast disabled (an input in half precision is cast up and the
+            output cast back), as the authors' 3D network does; otherwise only the SSM runs in float32 and the
+            projections and convolutions follow autocast.
         **mixer_kwargs: the other keyword arguments of ``LoGVMambaMixer`` (planned_size, expand, d_state,
             directions, placement, ltx_squeeze, gtx_stride, gtx_squeeze, scan_backend, dt_rank).
     """
 
-    def __init__(self, dim: int, spatial_dims: int, kind: str = "local_global", drop_path: float = 0.0,
-                 **mixer_kwargs: Any) -> None:
+    def __init__(self, dim: int, spatial_dims: int, kind: str = "local_global", drop_path: float = 0.0, *,
+                 norm_eps: float = 1e-5, fp32: bool = False, **mixer_kwargs: Any) -> None:
         super().__init__()
         check_positive_int("dim", dim)
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"drop_path={drop_path} must be in [0, 1); it is the probability of dropping the "
                              "mixer branch (0 disables it).")
-        self.norm = nn.LayerNorm(dim)
+        self.fp32 = fp32
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mixer = LoGVMambaMixer(dim, spatial_dims, kind, **mixer_kwargs)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, *S, dim) channels-last -> (B, *S, dim), dtype of x."""
+        if not self.fp32:
+            return self._residual(x)
+        with autocast_disabled(x.device):
+            return self._residual(x.to(torch.promote_types(x.dtype, torch.float32))).to(x.dtype)
+
+    def _residual(self, x: Tensor) -> Tensor:
         return (x + self.drop_path(self.mixer(self.norm(x)))).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"fp32={self.fp32}, drop_path={self.drop_path.drop_prob}"

@@ -23,6 +23,7 @@ from logvmamba_nnunet.modules.scan_directions import DIRECTIONS, ScanLayout
 from logvmamba_nnunet.modules.ssm import SelectiveSSM
 from logvmamba_nnunet.modules.token_extractors import (
     DEFAULT_LTX_SQUEEZE,
+    LTX_WINDOW,
     GlobalTokenExtractor,
     LocalTokenExtractor,
     VanillaTokenExtractor,
@@ -64,6 +65,18 @@ def resolve_ltx_squeeze(ltx_squeeze: int | None, d_inner: int, spatial_dims: int
     return ltx_squeeze
 
 
+def block_width_dt_rank(dim: int, spatial_dims: int, ltx_squeeze: int | None = None) -> int:
+    """Rank R of the dt projection from the block width C = ``dim``, as the authors' mixers compute it (2D and 3D):
+    ceil(C / Sq * 3^dims / 16) with an LTX of channel squeeze Sq, ceil(C / 16) without one (VMamba's "auto" rank).
+
+    Mamba's own rule, ceil(W / 16) of the SSM width W, gives the same rank when expand is 1 (the 3D default) and
+    about twice it when expand is 2 (the 2D default): W = E * C / Sq * 3^dims with an LTX, E * C without.
+    """
+    if ltx_squeeze is None:
+        return math.ceil(dim / 16)
+    return -(-dim * LTX_WINDOW**spatial_dims // (16 * ltx_squeeze))
+
+
 class LoGVMambaMixer(nn.Module):
     """Token mixer, (B, *S, dim) -> (B, *S, dim), same dtype as the input.
 
@@ -81,7 +94,7 @@ class LoGVMambaMixer(nn.Module):
         gtx_stride: GTX spatial stride Ks, an int or one int per axis.
         gtx_squeeze: GTX channel squeeze q; the mixer gets W / q global tokens.
         scan_backend: ``backend`` argument of ``selective_scan``.
-        dt_rank: rank R of the dt projection; None -> ceil(W / 16).
+        dt_rank: rank R of the dt projection; None -> ``block_width_dt_rank`` (the authors' rule).
     """
 
     def __init__(
@@ -109,6 +122,7 @@ class LoGVMambaMixer(nn.Module):
         self.dim, self.spatial_dims, self.kind = dim, spatial_dims, kind
         self.d_inner = inner_width(dim, DEFAULT_EXPAND[spatial_dims] if expand is None else expand)
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
+        squeeze = None
         if kind in LOCAL_KINDS:
             squeeze = resolve_ltx_squeeze(ltx_squeeze, self.d_inner, spatial_dims)
             self.extractor = LocalTokenExtractor(self.d_inner, spatial_dims, squeeze)
@@ -127,7 +141,8 @@ class LoGVMambaMixer(nn.Module):
             self.global_extractor = GlobalTokenExtractor(
                 width, spatial_dims, planned_size, gtx_stride, gtx_squeeze
             )
-        self.ssm = SelectiveSSM(width, directions, d_state, dt_rank, scan_backend=scan_backend)
+        rank = block_width_dt_rank(dim, spatial_dims, squeeze) if dt_rank is None else dt_rank
+        self.ssm = SelectiveSSM(width, directions, d_state, rank, scan_backend=scan_backend)
         self.fold = nn.Linear(width, self.d_inner, bias=False) if kind in LOCAL_KINDS else None
         self.out_norm = nn.LayerNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)

@@ -86,15 +86,22 @@ class LocalTokenExtractor(nn.Module):
         return unfold_neighbourhood(self.act(self.squeeze(x)), LTX_WINDOW)
 
 
+AUTHORS_GTX_GEOMETRY_3D = {1: (1, 1, 0), 2: (3, 1, 1), 4: (3, 2, 2), 8: (5, 2, 3)}
+"""(kernel, dilation, padding) of the authors' 3D GTX conv per stride."""
+
+
 def gtx_conv_geometry(stride: int, spatial_dims: int) -> tuple[int, int, int]:
     """(kernel, dilation, padding) of the GTX compression conv along an axis with stride ``stride``.
 
     The authors' settings, kept exactly: 3D: stride 1 -> k1; 2 -> k3 (padding 1); 4 -> k3 dilation 2
-    padding 2. 2D: kernel 1 + stride, padding stride // 2 (k3 for 2, k5 for 4). Generalisation to any
-    stride s (and stride 1 in 2D, where 1 + s = 2 would shrink the map): 3D: k3 with dilation s // 2 and
-    padding s // 2 (k1 for s = 1); 2D: kernel 2 * (s // 2) + 1, padding s // 2. The receptive extent is
-    then always odd with "same" padding, so the compressed length is ceil(n / s) >= 1 for every n >= 1.
+    padding 2; 8 -> k5 dilation 2 padding 3. 2D: kernel 1 + stride, padding stride // 2 (k3 for 2, k5
+    for 4). Generalisation to other strides s (and stride 1 in 2D, where 1 + s = 2 would shrink the map):
+    3D: k3 with dilation s // 2 and padding s // 2; 2D: kernel 2 * (s // 2) + 1, padding s // 2. Their
+    receptive extent is odd with "same" padding, so the compressed length is ceil(n / s) for every n >= 1;
+    see ``compressed_length`` for the authors' 3D stride 8.
     """
+    if spatial_dims == 3 and stride in AUTHORS_GTX_GEOMETRY_3D:
+        return AUTHORS_GTX_GEOMETRY_3D[stride]
     half = stride // 2
     if stride == 1:
         return 1, 1, 0
@@ -103,9 +110,18 @@ def gtx_conv_geometry(stride: int, spatial_dims: int) -> tuple[int, int, int]:
     return 2 * half + 1, 1, half
 
 
-def compressed_length(length: int, stride: int, spatial_dims: int) -> int:
-    """Length along one axis after the GTX compression conv (the conv arithmetic; equals ceil(n / s))."""
+def minimum_length(stride: int, spatial_dims: int) -> int:
+    """Shortest axis the GTX conv accepts: 1, except 3 for the authors' 3D stride 8 (extent 9, padding 3)."""
     kernel, dilation, padding = gtx_conv_geometry(stride, spatial_dims)
+    return max(1, dilation * (kernel - 1) + 1 - 2 * padding)
+
+
+def compressed_length(length: int, stride: int, spatial_dims: int) -> int:
+    """Length along one axis after the GTX compression conv, an axis shorter than ``minimum_length`` being
+    zero-padded to it first. ceil(n / s), except for the authors' 3D stride 8: one less when n mod 8 is 1 or 2
+    (exactly n / 8 for n a multiple of 8)."""
+    kernel, dilation, padding = gtx_conv_geometry(stride, spatial_dims)
+    length = max(length, minimum_length(stride, spatial_dims))
     return (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -113,7 +129,8 @@ class GlobalTokenExtractor(nn.Module):
     """GTX: compress each group of ``squeeze`` channels over all positions into one global token.
 
     1. conv Cg -> Cg/squeeze, groups Cg/squeeze, stride ``stride`` (kernel rule: ``gtx_conv_geometry``).
-    2. flatten the compressed grid: (B, Cg/squeeze, Ng), Ng = prod(ceil(planned_size / stride)).
+    2. flatten the compressed grid: (B, Cg/squeeze, Ng), Ng = prod(ceil(planned_size / stride)) (see
+       ``compressed_length``).
     3. Linear(Ng -> Cg) + SiLU: Cg/squeeze tokens of width Cg.
 
     Ng is fixed at construction from ``planned_size``. An input of another spatial size gives another
@@ -140,6 +157,7 @@ class GlobalTokenExtractor(nn.Module):
         self.planned_grid = tuple(
             compressed_length(n, s, spatial_dims) for n, s in zip(planned, strides, strict=True)
         )
+        self.minimum_size = tuple(minimum_length(s, spatial_dims) for s in strides)
         self.compress = _CONV[spatial_dims](
             channels, self.n_tokens, kernel, stride=strides, padding=padding, dilation=dilation,
             groups=self.n_tokens, bias=True,
@@ -149,6 +167,9 @@ class GlobalTokenExtractor(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """features: (B, Cg, *S) -> global tokens channels-first (B, Cg, Cg/squeeze)."""
+        shortfall = [max(0, m - n) for m, n in zip(self.minimum_size, features.shape[2:], strict=True)]
+        if any(shortfall):
+            features = F.pad(features, [p for amount in reversed(shortfall) for p in (0, amount)])
         grid = self.compress(features)
         if tuple(grid.shape[2:]) != self.planned_grid:
             grid = _ADAPTIVE_AVG_POOL[grid.dim() - 2](grid, self.planned_grid)

@@ -23,6 +23,9 @@ from logvmamba_nnunet.networks.plan_topology import PlanTopology
 from logvmamba_nnunet.networks.residual_unet import ResidualUNetWithStageLayers
 from logvmamba_nnunet.networks.stage_rules import GTX_KINDS, StageMixerConfig, resolve_stage_configs
 
+BLOCK_NORM_EPS = 1e-6
+"""eps of the blocks' pre-norm LayerNorm, the authors' value in their 3D network (their 2D model keeps 1e-5)."""
+
 
 class ChannelsFirstBlock(nn.Module):
     """Runs a channels-last LoG-VMamba block on a channels-first feature map: (B, C, *S) -> (B, C, *S)."""
@@ -43,7 +46,9 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
         patch_size: the planned patch size; fixes the GTX grids.
         stage_kinds, gtx_strides, gtx_squeezes: per-stage overrides of the rule in ``stage_rules``.
         ltx_squeeze, expand, d_state, directions, placement, scan_backend: passed to every block.
-        drop_path_rate: stochastic depth of the blocks, rising linearly from 0 at stage 0 to this value.
+        drop_path_rate: DropPath probability of every block (the authors' 0.1 on all their 3D blocks).
+        fp32_blocks: run each block entirely in float32 with autocast disabled, as the authors do; False runs only
+            the SSM in float32 (faster and smaller under mixed precision).
         force_fp32: run the whole network with autocast disabled (the no-AMP trainers).
         **arch_kwargs: the plan's ``architecture.arch_kwargs`` (n_stages, features_per_stage, conv_op, kernel_sizes,
             strides, n_conv_per_stage or n_blocks_per_stage, n_conv_per_stage_decoder, conv_bias, norm_op,
@@ -57,8 +62,8 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
                  patch_size: Sequence[int] | None = None, stage_kinds: Sequence[str] | None = None,
                  gtx_strides: Sequence[int] | None = None, gtx_squeezes: Sequence[int] | None = None,
                  ltx_squeeze: int | None = None, expand: float | None = None, d_state: int = 16,
-                 directions: int = 1, placement: str = "interleaved", drop_path_rate: float = 0.0,
-                 scan_backend: str = "auto", force_fp32: bool = False, **arch_kwargs):
+                 directions: int = 1, placement: str = "interleaved", drop_path_rate: float = 0.1,
+                 fp32_blocks: bool = True, scan_backend: str = "auto", force_fp32: bool = False, **arch_kwargs):
         topology = PlanTopology.from_arch_kwargs(**arch_kwargs)
         dims = topology.spatial_dims
         if patch_size is None:
@@ -72,15 +77,14 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
         self.stage_configs: list[StageMixerConfig] = resolve_stage_configs(
             patch_size, topology.strides, [int(expand * f) for f in features], stage_kinds, gtx_strides,
             gtx_squeezes)
-        n_stages = topology.n_stages
         layers: list[nn.Module] = []
-        for stage, (config, width) in enumerate(zip(self.stage_configs, features)):
+        for config, width in zip(self.stage_configs, features):
             if config.kind == "none":
                 layers.append(nn.Identity())
                 continue
             has_gtx = config.kind in GTX_KINDS
             layers.append(ChannelsFirstBlock(LoGVMambaBlock(
-                width, dims, config.kind, drop_path=drop_path_rate * stage / max(n_stages - 1, 1),
+                width, dims, config.kind, drop_path=drop_path_rate, norm_eps=BLOCK_NORM_EPS, fp32=fp32_blocks,
                 planned_size=config.planned_size, expand=expand, d_state=d_state, directions=directions,
                 placement=placement, ltx_squeeze=ltx_squeeze, gtx_stride=config.gtx_stride if has_gtx else 1,
                 gtx_squeeze=config.gtx_squeeze if has_gtx else 1, scan_backend=scan_backend)))

@@ -61,7 +61,9 @@ class ResidualUNetWithStageLayers(nn.Module):
         topology: the plan's U-Net (``PlanTopology.from_arch_kwargs``).
         stage_layers: one module per encoder stage (``nn.Identity()`` for none), channels-first in and out.
 
-    The convolutional parts get dynamic-network-architectures' He initialisation; the stage layers keep their own.
+    Every Conv2d/Conv3d (and transposed conv), those inside the stage layers included, gets dynamic-network-
+    architectures' He initialisation ``InitWeights_He(1e-2)``, as U-Mamba and the authors of LoG-VMamba apply it to
+    their whole networks; Linear and Conv1d layers and the SSM parameters keep their own initialisation.
 
     Forward: x (B, input_channels, *S) -> logits (B, num_classes, *S), or with ``decoder.deep_supervision`` a list of
     logits at full resolution first, then each lower decoder level. Parameters do not depend on deep supervision.
@@ -78,8 +80,7 @@ class ResidualUNetWithStageLayers(nn.Module):
         self.input_channels, self.spatial_dims = input_channels, t.spatial_dims
         self.encoder = ResidualEncoderWithStageLayers(residual_encoder, stage_layers)
         self.decoder = UNetResDecoder(self.encoder, num_classes, t.n_conv_per_stage_decoder, deep_supervision)
-        for part in (residual_encoder, self.decoder.stages, self.decoder.transpconvs, self.decoder.seg_layers):
-            part.apply(InitWeights_He(1e-2))
+        self.apply(InitWeights_He(1e-2))
 
     def check_input(self, x: torch.Tensor) -> None:
         """ValueError unless x is (B, input_channels, *S) with ``spatial_dims`` spatial axes."""

@@ -2,7 +2,7 @@
 
 Per level, deepest first (level l rebuilds the resolution of encoder stage S - 2 - l, width C = that stage's width):
 
-    patch expand: Linear(2C -> 4C, no bias), 2x pixel shuffle -> C channels, LayerNorm(C)
+    patch expand: Linear(2C -> 4C, no bias), 2x pixel shuffle (channels ordered (p1 p2 c)) -> C, LayerNorm(C)
     concatenate the encoder feature of that stage -> 2C; Linear(2C -> C)
     ``blocks_per_level`` LoG-VMamba blocks of width C
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from logvmamba_nnunet.modules.block import LoGVMambaBlock
@@ -35,8 +34,10 @@ DEFAULT_DECODER_GTX_SQUEEZES = (2, 1, 1)
 class PatchExpand2D(nn.Module):
     """Upsample by ``scale`` with a linear layer and a pixel shuffle: (B, H, W, C_in) -> (B, sH, sW, C_out).
 
-    Linear(C_in -> C_out * scale^2, no bias), pixel shuffle (output channel c, offset (i, j) taken from input
-    channel c * scale^2 + i * scale + j), LayerNorm(C_out).
+    Linear(C_in -> C_out * scale^2, no bias), pixel shuffle, LayerNorm(C_out). The shuffle takes output channel c at
+    offset (i, j) from channel (i * scale + j) * C_out + c, i.e. einops' 'b h w (p1 p2 c) -> b (h p1) (w p2) c' as in
+    Swin-Unet and the authors' code (``F.pixel_shuffle`` would read c * scale^2 + i * scale + j), so that weights
+    trained there load unchanged.
     """
 
     def __init__(self, in_width: int, out_width: int, scale: int) -> None:
@@ -49,8 +50,11 @@ class PatchExpand2D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, H, W, C_in) -> (B, scale * H, scale * W, C_out)."""
-        shuffled = F.pixel_shuffle(self.expand(x).movedim(-1, 1), self.scale)
-        return self.norm(shuffled.movedim(1, -1))
+        batch, height, width = x.shape[:3]
+        s = self.scale
+        y = self.expand(x).view(batch, height, width, s, s, -1)
+        shuffled = y.permute(0, 1, 3, 2, 4, 5).reshape(batch, height * s, width * s, y.shape[-1])
+        return self.norm(shuffled)
 
 
 class DecoderLevel2D(nn.Module):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import Tensor, nn
 
 from logvmamba_nnunet.modules.precision import autocast_disabled
@@ -40,9 +40,9 @@ def deep_supervision_scales_2d(n_stages: int = len(VMAMBA_TINY_WIDTHS)) -> list[
 
 
 def init_vmamba_weights(module: nn.Module) -> None:
-    """VMamba / Swin initialisation for ``module.apply``: Linear weights truncated normal (std 0.02), biases 0;
-    LayerNorm weight 1, bias 0; Conv2d He (kaiming normal, negative slope 1e-2, nnU-Net's), biases 0. The SSM
-    parameters (not Linear modules) keep Mamba's initialisation."""
+    """VMamba / Swin initialisation of the encoder for ``module.apply``: Linear weights truncated normal (std 0.02),
+    biases 0; LayerNorm weight 1, bias 0; Conv2d He (kaiming normal, negative slope 1e-2, nnU-Net's), biases 0. The
+    SSM parameters (not Linear modules) keep Mamba's initialisation."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
     elif isinstance(module, nn.LayerNorm):
@@ -101,7 +101,10 @@ class LoGVMambaSwinUMamba2D(nn.Module):
             ltx_squeeze=ltx_squeeze, expand=expand, d_state=d_state, drop_path_rate=decoder_drop_path_rate,
             scan_backend=scan_backend)
         self.output_scales = [s[0] for s in deep_supervision_scales_2d(len(self.encoder.widths))]
-        self.apply(init_vmamba_weights)
+        # as the authors: VMamba's init in the encoder; He init of every conv; the decoder's Linear layers keep
+        # PyTorch's default
+        self.encoder.apply(init_vmamba_weights)
+        self.decoder.apply(InitWeights_He(1e-2))
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """x: (B, input_channels, H, W) -> (B, num_classes, H, W) or the deep-supervision list (largest first)."""
