@@ -1,4 +1,4 @@
-"""The torch backend of ``selective_scan`` against the float64 sequential reference (issue 3, acceptance 1-3)."""
+"""The torch backend of ``selective_scan`` against the float64 sequential reference."""
 
 from __future__ import annotations
 

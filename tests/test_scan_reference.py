@@ -10,7 +10,7 @@ from logvmamba_nnunet.ops.reference import selective_scan_reference
 
 
 def scalar_scan(u, delta, A, B, C, D, z, bias):
-    """SPEC §1 with nested Python lists: u/delta/z [b][d][l], A [d][n], B/C [b][g][n][l], D/bias [d]."""
+    """The Mamba-1 recurrence with nested Python lists: u/delta/z [b][d][l], A [d][n], B/C [b][g][n][l], D/bias [d]."""
     batch, channels, length, state = len(u), len(u[0]), len(u[0][0]), len(A[0])
     per_group = channels // len(B[0])
     ys, lasts = [], []

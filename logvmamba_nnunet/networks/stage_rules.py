@@ -33,6 +33,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from logvmamba_nnunet.ops.integers import largest_power_of_two_divisor
+
 STAGE_KINDS = ("none", "vss", "local", "global", "local_global")
 GTX_KINDS = ("global", "local_global")
 GTX_STRIDE_CANDIDATES = (1, 2, 4)
@@ -71,13 +73,6 @@ def stage_spatial_sizes(patch_size: Sequence[int], strides: Sequence[Sequence[in
     return sizes
 
 
-def _largest_power_of_two_divisor(value: int, cap: int) -> int:
-    q = 1
-    while q * 2 <= cap and value % (q * 2) == 0:
-        q *= 2
-    return q
-
-
 def default_stage_kinds(n_stages: int) -> list[str]:
     """``local`` first, ``global`` for the last two stages, ``local_global`` in between."""
     if n_stages == 1:
@@ -101,7 +96,7 @@ def default_gtx_squeezes(kinds: Sequence[str], d_inner: Sequence[int]) -> list[i
     global_stages = [i for i, k in enumerate(kinds) if k == "global"]
     targets = [2, 8][-len(global_stages):] if global_stages else []
     for stage, target in zip(global_stages[-2:], targets):
-        squeezes[stage] = _largest_power_of_two_divisor(d_inner[stage], target)
+        squeezes[stage] = largest_power_of_two_divisor(d_inner[stage], target)
     return squeezes
 
 

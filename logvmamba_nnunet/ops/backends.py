@@ -56,10 +56,15 @@ class OptionalImport:
                 loaded = importlib.import_module(self.module)
                 self.value = loaded if self.attribute is None else getattr(loaded, self.attribute)
             except Exception as error:  # any failure (ImportError, OSError, ...) means "unavailable"
-                message = str(error).strip().splitlines()
-                detail = f": {message[0]}" if message else ""
-                self.reason = f"import {self.module} failed ({type(error).__name__}{detail})"
+                self.reason = import_failure(self.module, error)
         return self.value
+
+
+def import_failure(module: str, error: Exception) -> str:
+    """One line saying why importing ``module`` failed: the exception's type and first message line."""
+    message = str(error).strip().splitlines()
+    detail = f": {message[0]}" if message else ""
+    return f"import {module} failed ({type(error).__name__}{detail})"
 
 
 _MAMBA_SSM = OptionalImport("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
@@ -67,11 +72,28 @@ _TRITON = OptionalImport("triton")
 _TRITON_SCAN = OptionalImport("logvmamba_nnunet.ops.scan_triton", "selective_scan_triton")
 
 _MAMBA_FIX = "install it on a machine with CUDA: pip install 'logvmamba-nnunet[mamba]'"
-_TRITON_FIX = "install triton (it ships with CUDA builds of torch)"
+_TRITON_FIX = "install triton: it ships with PyTorch's CUDA builds (pip install torch) or alone (pip install triton)"
 
 
-def _triton_interpreter_on() -> bool:
+def triton_interpreter_on() -> bool:
+    """Whether Triton's interpreter is on (``TRITON_INTERPRET=1``), which runs the kernels on CPU tensors."""
     return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def triton_unavailable_reason(failed_import: str | None, device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on tensors on ``device``, with the fix; None when they can.
+
+    ``failed_import`` says why ``import triton`` failed (see ``import_failure``), None when it worked. This is
+    the one availability check of the ``triton`` backend: the dispatcher and ``scan_triton`` both use it.
+    """
+    if failed_import is not None:
+        return f"the triton backend needs the 'triton' package: {failed_import}; {_TRITON_FIX}"
+    if device.type != "cuda" and not triton_interpreter_on():
+        return (
+            f"Triton kernels need CUDA tensors (tensors are on {device.type}); set TRITON_INTERPRET=1 before "
+            "triton is imported to run them, slowly, in Triton's interpreter"
+        )
+    return None
 
 
 def _availability(name: str, device: torch.device) -> tuple[bool, str]:
@@ -84,13 +106,9 @@ def _availability(name: str, device: torch.device) -> tuple[bool, str]:
         if device.type != "cuda":
             return False, f"mamba-ssm runs on CUDA tensors only (tensors are on {device.type})"
         return True, "mamba-ssm CUDA kernel"
-    if _TRITON.load() is None:
-        return False, f"{_TRITON.reason}; {_TRITON_FIX}"
-    if device.type != "cuda" and not _triton_interpreter_on():
-        return False, (
-            f"Triton kernels need CUDA tensors (tensors are on {device.type}); "
-            "set TRITON_INTERPRET=1 to run them, slowly, in Triton's interpreter"
-        )
+    unavailable = triton_unavailable_reason(None if _TRITON.load() is not None else _TRITON.reason, device)
+    if unavailable is not None:
+        return False, unavailable
     if _TRITON_SCAN.load() is None:
         return False, _TRITON_SCAN.reason
     mode = "interpreter" if device.type != "cuda" else "CUDA"

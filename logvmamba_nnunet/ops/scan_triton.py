@@ -1,4 +1,4 @@
-"""Triton backend of the Mamba-1 selective scan (SPEC §1), forward and backward.
+"""Triton backend of the Mamba-1 selective scan, forward and backward.
 
 Layout of the work: every program owns one batch element, a block of ``BLOCK_D`` channels (all in one
 B/C group) and one chunk of the sequence; it walks its chunk in tiles of ``BLOCK_T`` steps, with the
@@ -20,24 +20,29 @@ With a single chunk, launches 1 and 2 are skipped.
 Backward (three launches), with the adjoint ``lambda_t = dL/dh_t`` obeying the reverse recurrence
 ``lambda_t = C_t dy_t + a_{t+1} lambda_{t+1}``:
   1. chunk summaries of the reverse recurrence from a zero carry;
-  2. carry: the chunks walked backwards give each chunk the adjoint entering from its right;
+  2. carry: the chunks walked backwards give each chunk the adjoint entering from its right (the same
+     kernel as the forward carry, ``_chunk_carry_kernel``, walking in reverse);
   3. main: each chunk is walked tile by tile from its end; a tile recomputes ``h_{t-1}`` from its saved
      start state, scans the adjoint backwards and forms every gradient. Per-element gradients (u, delta,
      z) are written directly; the reductions are deterministic: B/C partial sums per channel block and
      A/D/delta_bias partial sums per (batch, chunk) are written to buffers and summed with torch.
 
-``triton`` is imported lazily: importing this module never fails; calling it without triton raises.
-On CPU tensors the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before
-triton is imported), which is how the tests check them.
+Importing this module never fails: without triton it still imports, and calling it raises. On CPU tensors
+the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported),
+which is how the tests check them; ``backends.triton_unavailable_reason`` is the one check of both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
+
+from logvmamba_nnunet.ops.backends import import_failure, triton_unavailable_reason
+from logvmamba_nnunet.ops.constants import LN_2, LOG2_E, SOFTPLUS_THRESHOLD
+from logvmamba_nnunet.ops.integers import largest_power_of_two_divisor
+from logvmamba_nnunet.ops.scan_inputs import check_chunk_size
 
 try:
     import triton
@@ -59,6 +64,7 @@ TRITON_AVAILABLE = triton is not None
 _MAX_BLOCK_D = 16
 _BLOCK_T = 16
 _MAX_WARPS = 8
+_THREADS_PER_WARP = 32
 # Aim for at least this many programs per launch so that a large GPU is filled a few times over.
 _TARGET_PROGRAMS = 2048
 _MIN_CHUNK_TILES = 4
@@ -67,6 +73,16 @@ _MIN_CHUNK_TILES = 4
 def _jit(fn):
     """``triton.jit`` when triton is importable; otherwise the plain (never launched) function."""
     return fn if triton is None else triton.jit(fn)
+
+
+def _constexpr(value: float) -> object:
+    """``value`` as a Triton compile-time constant: kernels may only read globals that are ``tl.constexpr``."""
+    return value if tl is None else tl.constexpr(value)
+
+
+_LOG2_E = _constexpr(LOG2_E)
+_LN_2 = _constexpr(LN_2)
+_SOFTPLUS_THRESHOLD = _constexpr(SOFTPLUS_THRESHOLD)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,19 +106,25 @@ def _compose(decay_first, value_first, decay_second, value_second):
 def _load_exp2_rates(A_ptr, d, n, n_valid, d_state):
     """A[d, n] * log2(e) (BLOCK_D, BLOCK_N), so that ``exp(step * A)`` is one exp2."""
     A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=n_valid[None, :], other=0.0)
-    return A * 1.4426950408889634
+    return A * _LOG2_E
 
 
 @_jit
 def _softplus(x):
-    """``log(1 + exp(x))`` with PyTorch's threshold 20 (identity above it); accurate when ``exp(x)`` is
-    tiny (Kahan's log1p trick)."""
-    w = tl.exp(tl.minimum(x, 20.0))
+    """``log(1 + exp(x))``, the identity above ``SOFTPLUS_THRESHOLD`` as in PyTorch; accurate when ``exp(x)``
+    is tiny (Kahan's log1p trick)."""
+    w = tl.exp(tl.minimum(x, _SOFTPLUS_THRESHOLD))
     one_plus_w = 1.0 + w
     denominator = one_plus_w - 1.0
     safe_denominator = tl.where(denominator == 0.0, 1.0, denominator)
     log1p_w = tl.where(denominator == 0.0, w, tl.log(one_plus_w) * (w / safe_denominator))
-    return tl.where(x > 20.0, x, log1p_w)
+    return tl.where(x > _SOFTPLUS_THRESHOLD, x, log1p_w)
+
+
+@_jit
+def _softplus_grad(x):
+    """Derivative of ``_softplus``: sigmoid(x), and 1 above ``SOFTPLUS_THRESHOLD``."""
+    return tl.where(x > _SOFTPLUS_THRESHOLD, 1.0, tl.sigmoid(x))
 
 
 @_jit
@@ -144,20 +166,17 @@ def _time_slice(x, index, BLOCK_T: tl.constexpr):
 
 
 @_jit
-def _program_coordinates(pid_block, pid_batch, channels, groups, d_state, length,
-                         channels_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Channel indices (BLOCK_D,), state indices (BLOCK_N,) and row offsets of one program.
+def _fold_tile(decays, values, carry, decay_product, REVERSE: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Fold one tile into a running chunk summary.
 
-    Returns d, n, n_valid and the int64 offsets of this program's u/delta/z rows (1, BLOCK_D) and B/C
-    rows (1, BLOCK_N), relative to the tensors' base pointers.
+    The tile's affine maps ``h -> decays[t] h + values[t]`` (BLOCK_T, BLOCK_D, BLOCK_N) are composed in
+    time order (from the tile's last step when ``REVERSE``) and applied to ``carry`` (BLOCK_D, BLOCK_N);
+    ``decay_product`` (BLOCK_D, BLOCK_N) is multiplied by the tile's total decay. Returns both.
     """
-    d = pid_block * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    n_valid = n < d_state
-    group = (pid_block * BLOCK_D) // channels_per_group
-    channel_rows = ((pid_batch * channels + d).to(tl.int64) * length)[None, :]
-    state_rows = (((pid_batch * groups + group) * d_state + n).to(tl.int64) * length)[None, :]
-    return d, n, n_valid, channel_rows, state_rows
+    decay_scan, value_scan = tl.associative_scan((decays, values), 0, _compose, reverse=REVERSE)
+    edge = 0 if REVERSE else BLOCK_T - 1
+    tile_decay = _time_slice(decay_scan, edge, BLOCK_T)
+    return tile_decay * carry + _time_slice(value_scan, edge, BLOCK_T), decay_product * tile_decay
 
 
 @_jit
@@ -165,6 +184,71 @@ def _state_offsets(pid_batch, d, n, channels, slots, slot, d_state):
     """Offsets (BLOCK_D, BLOCK_N) into a (batch, channels, slots, d_state) fp32 buffer at ``slot``."""
     rows = ((pid_batch * channels + d).to(tl.int64) * slots + slot) * d_state
     return rows[:, None] + n[None, :]
+
+
+@_jit
+def _block_indices(pid_block, d_state, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Channels d (BLOCK_D,) of channel block ``pid_block``, state indices n (BLOCK_N,) and the mask
+    ``n < d_state`` (BLOCK_N,)."""
+    d = pid_block * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    return d, n, n < d_state
+
+
+@_jit
+def _chunk_program(delta_ptr, A_ptr, delta_bias_ptr, channels, groups, d_state, length, channels_per_group,
+                   chunk_len, n_chunks, HAS_DELTA_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Prologue of the chunked kernels, whose grid is (n_chunks, channels // BLOCK_D, batch).
+
+    Returns, for this program's chunk, channel block and batch element:
+        pid_chunk, pid_block, pid_batch: the program ids; chunk_start: the chunk's first step;
+        d (BLOCK_D,), n (BLOCK_N,), n_valid (BLOCK_N,): channels, state indices and ``n < d_state``;
+        channel_rows (1, BLOCK_D), state_rows (1, BLOCK_N): int64 offsets of the u/delta/z rows and of the
+            B/C rows of the channels' group, relative to the tensors' base pointers;
+        delta_rows (1, BLOCK_D): pointers to the delta rows;
+        chunk_offsets (BLOCK_D, BLOCK_N): offsets of this chunk's entry in a (batch, channels, n_chunks,
+            d_state) buffer;
+        A_log2 (BLOCK_D, BLOCK_N): A * log2(e); delta_bias (BLOCK_D,) fp32, zeros without one.
+    """
+    pid_chunk, pid_block, pid_batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    d, n, n_valid = _block_indices(pid_block, d_state, BLOCK_D, BLOCK_N)
+    group = (pid_block * BLOCK_D) // channels_per_group
+    channel_rows = ((pid_batch * channels + d).to(tl.int64) * length)[None, :]
+    state_rows = (((pid_batch * groups + group) * d_state + n).to(tl.int64) * length)[None, :]
+    chunk_offsets = _state_offsets(pid_batch, d, n, channels, n_chunks, pid_chunk, d_state)
+    A_log2 = _load_exp2_rates(A_ptr, d, n, n_valid, d_state)
+    delta_bias = tl.load(delta_bias_ptr + d) if HAS_DELTA_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    return (pid_chunk, pid_block, pid_batch, pid_chunk * chunk_len, d, n, n_valid, channel_rows, state_rows,
+            delta_ptr + channel_rows, chunk_offsets, A_log2, delta_bias)
+
+
+@_jit
+def _chunk_carry_kernel(
+    summary_ptr, decay_ptr, carry_ptr, channels, d_state, n_chunks,
+    REVERSE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Launch 2 of forward and backward: walk the chunks in order (from the last one when ``REVERSE``) and
+    write the carry entering each chunk, ``carry <- decay[chunk] * carry + summary[chunk]``.
+
+    Forward: the summaries are the chunk end states, the carries the chunks' true start states.
+    Backward (``REVERSE``): the summaries are the chunk start adjoints, the carries the adjoints entering
+    each chunk from its right. On entry ``carry`` holds the carry into the first chunk walked (zeros, or the
+    gradient of the last state); on exit every chunk's carry. All buffers (batch, channels, n_chunks,
+    d_state) fp32. Grid (channels // BLOCK_D, batch).
+    """
+    pid_block, pid_batch = tl.program_id(0), tl.program_id(1)
+    d, n, n_valid = _block_indices(pid_block, d_state, BLOCK_D, BLOCK_N)
+    mask = n_valid[None, :]
+    first = n_chunks - 1 if REVERSE else 0
+    carry = tl.load(carry_ptr + _state_offsets(pid_batch, d, n, channels, n_chunks, first, d_state), mask=mask,
+                    other=0.0)
+    for k in range(0, n_chunks):
+        chunk = n_chunks - 1 - k if REVERSE else k
+        offsets = _state_offsets(pid_batch, d, n, channels, n_chunks, chunk, d_state)
+        tl.store(carry_ptr + offsets, carry, mask=mask)
+        summary = tl.load(summary_ptr + offsets, mask=mask, other=0.0)
+        decay = tl.load(decay_ptr + offsets, mask=mask, other=0.0)
+        carry = decay * carry + summary
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,50 +267,22 @@ def _forward_chunk_summary_kernel(
 
     Grid (n_chunks, channels // BLOCK_D, batch). Writes (batch, channels, n_chunks, d_state) buffers.
     """
-    pid_chunk, pid_block, pid_batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    d, n, n_valid, channel_rows, state_rows = _program_coordinates(
-        pid_block, pid_batch, channels, groups, d_state, length, channels_per_group, BLOCK_D, BLOCK_N)
-    delta_rows = delta_ptr + channel_rows
-    A_log2 = _load_exp2_rates(A_ptr, d, n, n_valid, d_state)
-    delta_bias = tl.load(delta_bias_ptr + d) if HAS_DELTA_BIAS else tl.zeros([BLOCK_D], tl.float32)
-
+    (_pid_chunk, _pid_block, _pid_batch, chunk_start, _d, _n, n_valid, channel_rows, state_rows, delta_rows,
+     chunk_offsets, A_log2, delta_bias) = _chunk_program(delta_ptr, A_ptr, delta_bias_ptr, channels, groups,
+        d_state, length, channels_per_group, chunk_len, n_chunks, HAS_DELTA_BIAS, BLOCK_D, BLOCK_N)
     state = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
     decay_product = tl.full([BLOCK_D, BLOCK_N], 1.0, tl.float32)
-    chunk_start = pid_chunk * chunk_len
     for t0 in range(chunk_start, tl.minimum(chunk_start + chunk_len, length), BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         valid = (t < length)[:, None]
         step, _raw = _load_step(delta_rows, t, valid, delta_bias, DELTA_SOFTPLUS)
         u = _load_rows(u_ptr + channel_rows, t, valid)
         B = _load_rows(B_ptr + state_rows, t, valid & n_valid[None, :])
-        decay_scan, value_scan = tl.associative_scan(
-            (_decays(step, A_log2), _drives(step, u, B)), 0, _compose)
-        tile_decay = _time_slice(decay_scan, BLOCK_T - 1, BLOCK_T)
-        state = tile_decay * state + _time_slice(value_scan, BLOCK_T - 1, BLOCK_T)
-        decay_product = decay_product * tile_decay
+        state, decay_product = _fold_tile(_decays(step, A_log2), _drives(step, u, B), state, decay_product,
+                                          False, BLOCK_T)
 
-    offsets = _state_offsets(pid_batch, d, n, channels, n_chunks, pid_chunk, d_state)
-    tl.store(chunk_end_ptr + offsets, state, mask=n_valid[None, :])
-    tl.store(chunk_decay_ptr + offsets, decay_product, mask=n_valid[None, :])
-
-
-@_jit
-def _forward_chunk_carry_kernel(
-    chunk_end_ptr, chunk_decay_ptr, chunk_start_ptr, channels, d_state, n_chunks,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Forward launch 2: true start state of every chunk. Grid (channels // BLOCK_D, batch)."""
-    pid_block, pid_batch = tl.program_id(0), tl.program_id(1)
-    d = pid_block * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    n_valid = (n < d_state)[None, :]
-    state = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    for chunk in range(0, n_chunks):
-        offsets = _state_offsets(pid_batch, d, n, channels, n_chunks, chunk, d_state)
-        tl.store(chunk_start_ptr + offsets, state, mask=n_valid)
-        end = tl.load(chunk_end_ptr + offsets, mask=n_valid, other=0.0)
-        decay = tl.load(chunk_decay_ptr + offsets, mask=n_valid, other=0.0)
-        state = decay * state + end
+    tl.store(chunk_end_ptr + chunk_offsets, state, mask=n_valid[None, :])
+    tl.store(chunk_decay_ptr + chunk_offsets, decay_product, mask=n_valid[None, :])
 
 
 @_jit
@@ -244,17 +300,12 @@ def _forward_output_kernel(
     state at every tile start (batch, channels, n_tiles, d_state). Grid (n_chunks, channels // BLOCK_D,
     batch).
     """
-    pid_chunk, pid_block, pid_batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    d, n, n_valid, channel_rows, state_rows = _program_coordinates(
-        pid_block, pid_batch, channels, groups, d_state, length, channels_per_group, BLOCK_D, BLOCK_N)
-    delta_rows = delta_ptr + channel_rows
-    A_log2 = _load_exp2_rates(A_ptr, d, n, n_valid, d_state)
-    delta_bias = tl.load(delta_bias_ptr + d) if HAS_DELTA_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    (pid_chunk, _pid_block, pid_batch, chunk_start, d, n, n_valid, channel_rows, state_rows, delta_rows,
+     chunk_offsets, A_log2, delta_bias) = _chunk_program(delta_ptr, A_ptr, delta_bias_ptr, channels, groups,
+        d_state, length, channels_per_group, chunk_len, n_chunks, HAS_DELTA_BIAS, BLOCK_D, BLOCK_N)
     skip = tl.load(D_ptr + d) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
 
-    state = tl.load(chunk_start_ptr + _state_offsets(pid_batch, d, n, channels, n_chunks, pid_chunk, d_state),
-                    mask=n_valid[None, :], other=0.0)
-    chunk_start = pid_chunk * chunk_len
+    state = tl.load(chunk_start_ptr + chunk_offsets, mask=n_valid[None, :], other=0.0)
     for t0 in range(chunk_start, tl.minimum(chunk_start + chunk_len, length), BLOCK_T):
         if SAVE_TILE_STATES:
             tile_offsets = _state_offsets(pid_batch, d, n, channels, n_tiles, t0 // BLOCK_T, d_state)
@@ -304,16 +355,11 @@ def _backward_chunk_summary_kernel(
 ):
     """Backward launch 1: per chunk, the adjoint at its first step with zero carry from the right, and
     the product of the decays ``a_{t+1}`` over the chunk. Grid (n_chunks, channels // BLOCK_D, batch)."""
-    pid_chunk, pid_block, pid_batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    d, n, n_valid, channel_rows, state_rows = _program_coordinates(
-        pid_block, pid_batch, channels, groups, d_state, length, channels_per_group, BLOCK_D, BLOCK_N)
-    delta_rows = delta_ptr + channel_rows
-    A_log2 = _load_exp2_rates(A_ptr, d, n, n_valid, d_state)
-    delta_bias = tl.load(delta_bias_ptr + d) if HAS_DELTA_BIAS else tl.zeros([BLOCK_D], tl.float32)
-
+    (_pid_chunk, _pid_block, _pid_batch, chunk_start, _d, _n, n_valid, channel_rows, state_rows, delta_rows,
+     chunk_offsets, A_log2, delta_bias) = _chunk_program(delta_ptr, A_ptr, delta_bias_ptr, channels, groups,
+        d_state, length, channels_per_group, chunk_len, n_chunks, HAS_DELTA_BIAS, BLOCK_D, BLOCK_N)
     adjoint = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
     decay_product = tl.full([BLOCK_D, BLOCK_N], 1.0, tl.float32)
-    chunk_start = pid_chunk * chunk_len
     chunk_tiles = tl.cdiv(tl.minimum(chunk_start + chunk_len, length) - chunk_start, BLOCK_T)
     for k in range(0, chunk_tiles):
         t = chunk_start + (chunk_tiles - 1 - k) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -322,37 +368,11 @@ def _backward_chunk_summary_kernel(
         next_step, _next_raw = _load_step(delta_rows, t + 1, next_valid, delta_bias, DELTA_SOFTPLUS)
         dy = _output_gradient(dout_ptr + channel_rows, z_ptr + channel_rows, t, valid, HAS_Z)
         C = _load_rows(C_ptr + state_rows, t, valid & n_valid[None, :])
-        decay_scan, value_scan = tl.associative_scan(
-            (_decays(next_step, A_log2), C[:, None, :] * dy[:, :, None]), 0, _compose, reverse=True)
-        tile_decay = _time_slice(decay_scan, 0, BLOCK_T)
-        adjoint = _time_slice(value_scan, 0, BLOCK_T) + tile_decay * adjoint
-        decay_product = decay_product * tile_decay
+        adjoint, decay_product = _fold_tile(_decays(next_step, A_log2), C[:, None, :] * dy[:, :, None], adjoint,
+                                            decay_product, True, BLOCK_T)
 
-    offsets = _state_offsets(pid_batch, d, n, channels, n_chunks, pid_chunk, d_state)
-    tl.store(chunk_adjoint_ptr + offsets, adjoint, mask=n_valid[None, :])
-    tl.store(chunk_decay_ptr + offsets, decay_product, mask=n_valid[None, :])
-
-
-@_jit
-def _backward_chunk_carry_kernel(
-    chunk_adjoint_ptr, chunk_decay_ptr, incoming_ptr, channels, d_state, n_chunks,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Backward launch 2: the adjoint entering each chunk from its right (the adjoint at the first step
-    of the next chunk). ``incoming`` holds the carry into the last chunk on entry (the gradient of the
-    last state, or zeros) and every chunk's carry on exit. Grid (channels // BLOCK_D, batch)."""
-    pid_block, pid_batch = tl.program_id(0), tl.program_id(1)
-    d = pid_block * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    n_valid = (n < d_state)[None, :]
-    carry = tl.load(incoming_ptr + _state_offsets(pid_batch, d, n, channels, n_chunks, n_chunks - 1, d_state),
-                    mask=n_valid, other=0.0)
-    for k in range(0, n_chunks):
-        offsets = _state_offsets(pid_batch, d, n, channels, n_chunks, n_chunks - 1 - k, d_state)
-        tl.store(incoming_ptr + offsets, carry, mask=n_valid)
-        adjoint = tl.load(chunk_adjoint_ptr + offsets, mask=n_valid, other=0.0)
-        decay = tl.load(chunk_decay_ptr + offsets, mask=n_valid, other=0.0)
-        carry = adjoint + decay * carry
+    tl.store(chunk_adjoint_ptr + chunk_offsets, adjoint, mask=n_valid[None, :])
+    tl.store(chunk_decay_ptr + chunk_offsets, decay_product, mask=n_valid[None, :])
 
 
 @_jit
@@ -371,22 +391,17 @@ def _backward_main_kernel(
     d_state); dD and d_delta_bias partials (batch, n_chunks, channels).
     Grid (n_chunks, channels // BLOCK_D, batch).
     """
-    pid_chunk, pid_block, pid_batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    d, n, n_valid, channel_rows, state_rows = _program_coordinates(
-        pid_block, pid_batch, channels, groups, d_state, length, channels_per_group, BLOCK_D, BLOCK_N)
-    delta_rows = delta_ptr + channel_rows
-    A_log2 = _load_exp2_rates(A_ptr, d, n, n_valid, d_state)
-    delta_bias = tl.load(delta_bias_ptr + d) if HAS_DELTA_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    (pid_chunk, pid_block, pid_batch, chunk_start, d, n, n_valid, channel_rows, state_rows, delta_rows,
+     chunk_offsets, A_log2, delta_bias) = _chunk_program(delta_ptr, A_ptr, delta_bias_ptr, channels, groups,
+        d_state, length, channels_per_group, chunk_len, n_chunks, HAS_DELTA_BIAS, BLOCK_D, BLOCK_N)
     skip = tl.load(D_ptr + d) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
     partial_rows = (((pid_batch * n_blocks + pid_block) * d_state + n).to(tl.int64) * length)[None, :]
     first = (tl.arange(0, BLOCK_T) == 0)[:, None, None]
 
-    adjoint_next = tl.load(incoming_ptr + _state_offsets(pid_batch, d, n, channels, n_chunks, pid_chunk,
-                                                         d_state), mask=n_valid[None, :], other=0.0)
+    adjoint_next = tl.load(incoming_ptr + chunk_offsets, mask=n_valid[None, :], other=0.0)
     dA = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
     dD = tl.zeros([BLOCK_D], tl.float32)
     dbias = tl.zeros([BLOCK_D], tl.float32)
-    chunk_start = pid_chunk * chunk_len
     chunk_tiles = tl.cdiv(tl.minimum(chunk_start + chunk_len, length) - chunk_start, BLOCK_T)
     for k in range(0, chunk_tiles):
         t0 = chunk_start + (chunk_tiles - 1 - k) * BLOCK_T
@@ -439,17 +454,16 @@ def _backward_main_kernel(
         tl.store(du_ptr + channel_rows + t[:, None], step * adjoint_B + skip[None, :] * dy, mask=valid)
         adjoint_decayed = adjoint * decayed_before
         # d h_t / d step_t = A a_t h_{t-1} + u_t B_t; A = A_log2 * ln(2).
-        dstep = u * adjoint_B + tl.sum(adjoint_decayed * A_log2[None, :, :], axis=2) * 0.6931471805599453
+        dstep = u * adjoint_B + tl.sum(adjoint_decayed * A_log2[None, :, :], axis=2) * _LN_2
         if DELTA_SOFTPLUS:
-            dstep = dstep * tl.where(raw_step > 20.0, 1.0, tl.sigmoid(raw_step))
+            dstep = dstep * _softplus_grad(raw_step)
         dstep = tl.where(valid, dstep, 0.0)
         tl.store(ddelta_ptr + channel_rows + t[:, None], dstep, mask=valid)
         dA += tl.sum(adjoint_decayed * step[:, :, None], axis=0)
         dD += tl.sum(dy * u, axis=0)
         dbias += tl.sum(dstep, axis=0)
 
-    tl.store(dA_part_ptr + _state_offsets(pid_batch, d, n, channels, n_chunks, pid_chunk, d_state), dA,
-             mask=n_valid[None, :])
+    tl.store(dA_part_ptr + chunk_offsets, dA, mask=n_valid[None, :])
     reduction_offsets = (pid_batch * n_chunks + pid_chunk).to(tl.int64) * channels + d
     tl.store(dD_part_ptr + reduction_offsets, dD)
     tl.store(dbias_part_ptr + reduction_offsets, dbias)
@@ -502,16 +516,11 @@ class _ScanGeometry:
                 self.chunk_len, self.n_chunks)
 
 
-def _largest_power_of_two_divisor(value: int, cap: int) -> int:
-    """Largest power of two dividing ``value``, at most ``cap``."""
-    return min(value & -value, cap)
-
-
 def _plan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, chunk_size: int | None) -> _ScanGeometry:
     """Choose block sizes and the chunk length for inputs u (B, D, L), A (D, N), B (B, G, N, L)."""
     batch, channels, length = u.shape
     groups, d_state = B.shape[1], A.shape[1]
-    block_d = _largest_power_of_two_divisor(channels // groups, _MAX_BLOCK_D)
+    block_d = largest_power_of_two_divisor(channels // groups, _MAX_BLOCK_D)
     block_n = triton.next_power_of_2(d_state)
     block_t = min(_BLOCK_T, triton.next_power_of_2(length))
     if chunk_size is not None:
@@ -521,28 +530,19 @@ def _plan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, chunk_size: int | N
         columns = batch * (channels // block_d)
         wanted_chunks = -(-_TARGET_PROGRAMS // columns)
         chunk_tiles = max(_MIN_CHUNK_TILES, -(-length // (wanted_chunks * block_t)))
-    num_warps = min(_MAX_WARPS, max(1, block_d * block_n // 32))
+    num_warps = min(_MAX_WARPS, max(1, block_d * block_n // _THREADS_PER_WARP))
     return _ScanGeometry(batch, channels, groups, d_state, length, block_d, block_n, block_t,
                          block_t * chunk_tiles, num_warps)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _check_runnable(u: torch.Tensor) -> None:
-    """Raise a clear error when the kernels cannot run here."""
-    if triton is None:
+    """Raise a clear error when the kernels cannot run on ``u``'s device (the backends' shared check)."""
+    failed_import = None if _TRITON_IMPORT_ERROR is None else import_failure("triton", _TRITON_IMPORT_ERROR)
+    reason = triton_unavailable_reason(failed_import, u.device)
+    if reason is not None:
         raise RuntimeError(
-            "the 'triton' selective-scan backend needs the 'triton' package, which ships with PyTorch's "
-            "CUDA builds (pip install torch) or alone (pip install triton); use backend='torch' instead"
+            f"the 'triton' selective-scan backend cannot run: {reason}; use backend='torch' instead"
         ) from _TRITON_IMPORT_ERROR
-    if u.device.type != "cuda" and not _interpreting():
-        raise RuntimeError(
-            f"the 'triton' selective-scan backend needs CUDA tensors, got device {u.device}; use "
-            "backend='torch' on CPU (or set TRITON_INTERPRET=1 before importing triton to run Triton's "
-            "slow CPU interpreter)"
-        )
 
 
 def _device_scope(x: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -573,8 +573,9 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, geometry
             u, delta, A, B, dummy if delta_bias is None else delta_bias, chunk_end, chunk_decay, *g.scalars(),
             DELTA_SOFTPLUS=flags["DELTA_SOFTPLUS"], HAS_DELTA_BIAS=flags["HAS_DELTA_BIAS"], **blocks,
             BLOCK_T=g.block_t, num_warps=g.num_warps)
-        _forward_chunk_carry_kernel[(g.n_blocks, g.batch)](
-            chunk_end, chunk_decay, chunk_start, g.channels, g.d_state, g.n_chunks, **blocks, num_warps=1)
+        _chunk_carry_kernel[(g.n_blocks, g.batch)](
+            chunk_end, chunk_decay, chunk_start, g.channels, g.d_state, g.n_chunks, REVERSE=False, **blocks,
+            num_warps=1)
     y = torch.empty(g.batch, g.channels, g.length, **fp32)
     last_state = torch.empty(g.batch, g.channels, g.d_state, **fp32)
     tile_states = torch.empty(g.batch, g.channels, g.n_tiles, g.d_state, **fp32) if save_tile_states else None
@@ -609,8 +610,9 @@ def _backward(saved: tuple, dout: torch.Tensor, dlast: torch.Tensor | None, delt
             chunk_adjoint, chunk_decay, *g.scalars(), DELTA_SOFTPLUS=flags["DELTA_SOFTPLUS"],
             HAS_DELTA_BIAS=flags["HAS_DELTA_BIAS"], HAS_Z=flags["HAS_Z"], **blocks, BLOCK_T=g.block_t,
             num_warps=g.num_warps)
-        _backward_chunk_carry_kernel[(g.n_blocks, g.batch)](
-            chunk_adjoint, chunk_decay, incoming, g.channels, g.d_state, g.n_chunks, **blocks, num_warps=1)
+        _chunk_carry_kernel[(g.n_blocks, g.batch)](
+            chunk_adjoint, chunk_decay, incoming, g.channels, g.d_state, g.n_chunks, REVERSE=True, **blocks,
+            num_warps=1)
 
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
@@ -665,17 +667,9 @@ class _TritonSelectiveScan(torch.autograd.Function):
 
 
 def selective_scan_triton(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    return_last_state: bool,
-    chunk_size: int | None = None,
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    delta_softplus: bool, return_last_state: bool, chunk_size: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan on Triton kernels, differentiable w.r.t. every tensor argument.
 
@@ -695,8 +689,7 @@ def selective_scan_triton(
     """
     if u.shape[-1] < 1:
         raise ValueError(f"the triton selective scan needs at least one step; u has shape {tuple(u.shape)}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     _check_runnable(u)
     tensors = [None if x is None else x.contiguous() for x in (u, delta, A, B, C, D, z, delta_bias)]
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)

@@ -1,4 +1,4 @@
-"""Public selective-scan entry point: argument validation and backend dispatch (SPEC §1)."""
+"""Public selective-scan entry point: argument validation and backend dispatch."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 
 from logvmamba_nnunet.ops.backends import load_optional_backend, resolve_backend
 from logvmamba_nnunet.ops.flops import active_scan_flop_counter
+from logvmamba_nnunet.ops.scan_inputs import as_grouped, check_chunk_size
 from logvmamba_nnunet.ops.scan_torch import selective_scan_torch
 
 _SEQUENCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -28,8 +29,7 @@ def _grouped(name: str, x: object, batch: int, channels: int, state: int, length
     if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a tensor of shape (B, N, L) or (B, G, N, L), got {shape}.")
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
+    x = as_grouped(x)
     groups = x.shape[1]
     if groups < 1 or channels % groups != 0:
         raise ValueError(f"{name} has {groups} groups, which does not divide the {channels} channels of u.")
@@ -45,17 +45,9 @@ def _check_devices(named: dict[str, torch.Tensor | None]) -> None:
 
 
 def selective_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
-    backend: str = "auto",
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False, return_last_state: bool = False, backend: str = "auto",
     chunk_size: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan (S6) with mamba-ssm's ``selective_scan_fn`` semantics.
@@ -69,7 +61,7 @@ def selective_scan(
         A: (D, N) float32 (or float64).
         B, C: (B, N, L), or grouped (B, G, N, L) where channel d uses group d // (D // G).
         D: optional (D,) float32 skip weight. z: optional (B, D, L) gate. delta_bias: optional (D,) float32.
-        delta_softplus: apply softplus (threshold 20) to ``delta + delta_bias``.
+        delta_softplus: apply softplus (the identity above ``SOFTPLUS_THRESHOLD``, 20) to ``delta + delta_bias``.
         return_last_state: also return the final state h_{L-1}.
         backend: "auto", "torch", "triton" or "mamba_ssm" (see ``logvmamba_nnunet.ops.backends``; the
             environment variable ``LOGVMAMBA_SCAN_BACKEND`` applies when this is "auto").
@@ -102,8 +94,7 @@ def selective_scan(
         _check_tensor("z", z, (batch, channels, length), "(B, D, L)", _SEQUENCE_DTYPES)
     if delta_bias is not None:
         _check_tensor("delta_bias", delta_bias, (channels,), "(D,)", _PARAMETER_DTYPES)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
+    check_chunk_size(chunk_size)
     _check_devices({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
 
     counter = active_scan_flop_counter()
