@@ -18,7 +18,7 @@ Cases whose estimated memory exceeds ``--max-gib`` are not run and are reported 
 (outputs and every gradient) on that device. ``--quick`` is a dry run with tiny shapes.
 
 Usage:
-    python benchmarks/scan.py                      # the issue's table on CPU, 1 and 2 threads
+    python benchmarks/scan.py                      # the default table on CPU, 1 and 2 threads
     python benchmarks/scan.py --device cuda        # parity checks + the table on the GPU
     python benchmarks/scan.py --shapes 2x64x4096 --threads 1 --modes forward
     python benchmarks/scan.py --threads 2 --case-timeout 60   # on a busy machine
@@ -45,7 +45,7 @@ from logvmamba_nnunet.ops import selective_scan
 from logvmamba_nnunet.ops.reference import selective_scan_reference
 
 STATE_SIZE = 16
-ISSUE_SHAPES = ((2, 64, 4096), (2, 64, 32768), (2, 384, 4096), (2, 384, 32768))
+DEFAULT_SHAPES = ((2, 64, 4096), (2, 64, 32768), (2, 384, 4096), (2, 384, 32768))
 QUICK_SHAPES = ((1, 8, 256),)
 ALGORITHMS = ("torch", "loop", "materialised")
 MODES = ("forward", "forward+backward")
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--shapes", type=_parse_shapes, default=ISSUE_SHAPES, help="e.g. 2x64x4096,2x384x32768"
+        "--shapes", type=_parse_shapes, default=DEFAULT_SHAPES, help="e.g. 2x64x4096,2x384x32768"
     )
     parser.add_argument("--threads", type=_parse_threads, default=(1, 2), help="CPU threads, e.g. 1,2")
     parser.add_argument("--algorithms", type=_parse_choices(ALGORITHMS), default=ALGORITHMS)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, with_ext_trainer_folder
+from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV
+from tests.trainer_paths import ext_trainer_value
 
 
 @pytest.fixture
@@ -19,6 +20,6 @@ def nnunet_env(tmp_path: Path) -> dict[str, str]:
         (tmp_path / name).mkdir()
         env[name] = str(tmp_path / name)
     env.update({"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2", "nnUNet_compile": "false",
-                "OMP_NUM_THREADS": "2", EXT_TRAINER_ENV: with_ext_trainer_folder(os.environ.get(EXT_TRAINER_ENV)),
+                "OMP_NUM_THREADS": "2", EXT_TRAINER_ENV: ext_trainer_value(),
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
     return env

@@ -23,10 +23,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from logvmamba_nnunet.nnunet.ddp import deep_supervision_head_names, freeze_deep_supervision_heads
+from logvmamba_nnunet.nnunet.ddp import deep_supervision_head_names, freeze_deep_supervision_heads, set_trainable
 from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, with_ext_trainer_folder
-from logvmamba_nnunet.nnunet_trainers import nnUNetTrainerLoGVMamba
-from logvmamba_nnunet.nnunet_trainers.swin_umamba import set_trainable
+from logvmamba_nnunet_trainers import nnUNetTrainerLoGVMamba
 from tests.plans_factory import plans
 
 WORLD_SIZE = 2

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from logvmamba_nnunet.data.synthetic import make_synthetic_dataset
-from logvmamba_nnunet.nnunet.pretrained import WEIGHTS_ENV_VAR
+from logvmamba_nnunet.networks.vmamba_pretrained import WEIGHTS_ENV_VAR
 from tests.test_pretrained import TINY_TRAINER_ENCODER, write_fake_vmamba_checkpoint
 
 DATASET_ID = 961

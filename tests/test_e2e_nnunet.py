@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from logvmamba_nnunet.data.synthetic import make_synthetic_dataset
-from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, with_ext_trainer_folder
+from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV
+from tests.trainer_paths import ext_trainer_value
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ def planned(tmp_path_factory) -> tuple[dict[str, str], Path]:
         (root / name).mkdir()
         env[name] = str(root / name)
     env.update({"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2", "nnUNet_compile": "false",
-                EXT_TRAINER_ENV: with_ext_trainer_folder(os.environ.get(EXT_TRAINER_ENV)),
+                EXT_TRAINER_ENV: ext_trainer_value(),
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
     dataset = make_synthetic_dataset(root / "nnUNet_raw", DATASET_ID, num_train=6, num_test=2, size=(20, 28, 24))
     run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "2d", "-np", "2", "2",

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 from logvmamba_nnunet.data.synthetic import make_synthetic_dataset
-from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, with_ext_trainer_folder
+from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV
+from tests.trainer_paths import ext_trainer_value
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +39,6 @@ TRAINERS = (LOG_TRAINER, DEFAULT_TRAINER)
 CONFIGURATIONS = ("3d_fullres", "2d")
 FOLDS = (0, 1, 2, 3, 4)
 PLANS = "nnUNetPlans"
-TEST_TRAINERS = Path(__file__).parent / "ext_trainers_for_tests"
 PLACEHOLDER = re.compile(r"(INPUT|OUTPUT)_FOLDER\w*")
 
 # What find_best_configuration does once it has picked a winner, here for a given ensemble folder: determine the
@@ -95,8 +95,7 @@ class Workflow:
         self.env.update({
             "nnUNet_def_n_proc": "1", "nnUNet_npp": "1", "nnUNet_nps": "1", "nnUNet_n_proc_DA": "0",
             "nnUNet_compile": "false", "OMP_NUM_THREADS": "1",
-            EXT_TRAINER_ENV: with_ext_trainer_folder(os.pathsep.join(
-                [str(TEST_TRAINERS), *[e for e in os.environ.get(EXT_TRAINER_ENV, "").split(os.pathsep) if e]])),
+            EXT_TRAINER_ENV: ext_trainer_value(),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
         self.dataset = make_synthetic_dataset(root / "nnUNet_raw", DATASET_ID, num_train=5, num_test=1,
                                               size=(16, 20, 16))

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-import logvmamba_nnunet.nnunet_trainers as trainers
+import logvmamba_nnunet_trainers as trainers
+import tests.ext_trainers_for_tests.tiny_trainers as tiny_trainers
 from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet
 from logvmamba_nnunet.networks.vmamba_decoder_2d import LoGVMambaDecoder2D, PatchExpand2D
 from logvmamba_nnunet.networks.vmamba_encoder_2d import (
@@ -319,6 +320,6 @@ def test_deep_supervision_scales_of_the_trainers(tmp_path, monkeypatch):
         return trainer._get_deep_supervision_scales()
 
     assert scales(trainers.nnUNetTrainerLoGVMamba, "2d") == deep_supervision_scales_2d(4)
-    assert scales(trainers.nnUNetTrainerSwinUMambaLoG_Tiny, "2d") == deep_supervision_scales_2d(4)
+    assert scales(tiny_trainers.nnUNetTrainerSwinUMambaLoG_Tiny, "2d") == deep_supervision_scales_2d(4)
     assert scales(trainers.nnUNetTrainerLoGVMambaUNet, "2d") == [[1.0, 1.0], [0.5, 0.5]]
     assert scales(trainers.nnUNetTrainerLoGVMamba, "3d_fullres") == [[1.0, 1.0, 1.0], [0.5, 0.5, 0.5]]

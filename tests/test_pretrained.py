@@ -14,17 +14,19 @@ import torch.distributed as dist
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-import logvmamba_nnunet.nnunet_trainers as trainers
+import logvmamba_nnunet_trainers as trainers
+import tests.ext_trainers_for_tests.tiny_trainers as tiny_trainers
 from logvmamba_nnunet.modules.block import DropPath
 from logvmamba_nnunet.networks.vmamba_encoder_2d import VMambaEncoder2D
-from logvmamba_nnunet.nnunet.pretrained import (
+from logvmamba_nnunet.networks.vmamba_pretrained import (
     WEIGHTS_ENV_VAR,
     encoder_name,
     match_vmamba_checkpoint,
     read_vmamba_checkpoint,
     weights_path_from_environment,
 )
-from logvmamba_nnunet.nnunet_trainers.swin_umamba import CosineLRScheduler, set_trainable, unwrap_network
+from logvmamba_nnunet.nnunet.ddp import set_trainable, unwrap_network
+from logvmamba_nnunet.nnunet.lr_scheduler import CosineDecayLRScheduler
 from tests.plans_factory import plans
 
 VMAMBA_TINY = ((96, 192, 384, 768), (2, 2, 9, 2))
@@ -232,8 +234,8 @@ def test_building_the_network_never_reads_the_weights(tmp_path, monkeypatch):
 
 def test_without_weights_the_encoder_trains_from_scratch(tmp_path, monkeypatch):
     monkeypatch.delenv(WEIGHTS_ENV_VAR, raising=False)
-    trainer = make_trainer(trainers.nnUNetTrainerSwinUMambaLoG_Tiny, monkeypatch, tmp_path)
-    trainer.network = build(trainers.nnUNetTrainerSwinUMambaLoG_Tiny)
+    trainer = make_trainer(tiny_trainers.nnUNetTrainerSwinUMambaLoG_Tiny, monkeypatch, tmp_path)
+    trainer.network = build(tiny_trainers.nnUNetTrainerSwinUMambaLoG_Tiny)
     assert trainer.load_pretrained_encoder(trainer.pretrained_weights_path()) is None
     assert trainer.pretrained_parameter_names == []
     assert "is not set): the encoder is trained from its initialisation and never frozen" in log_text(trainer)
@@ -251,7 +253,7 @@ def test_encoder_is_frozen_for_the_first_epochs_then_trains(tmp_path, monkeypatc
     path = tmp_path / "small.pth"
     write_fake_vmamba_checkpoint(path, *TINY_TRAINER_ENCODER)
     monkeypatch.setenv(WEIGHTS_ENV_VAR, str(path))
-    cls = trainers.nnUNetTrainerSwinUMambaLoG_Tiny
+    cls = tiny_trainers.nnUNetTrainerSwinUMambaLoG_Tiny
     trainer = make_trainer(cls, monkeypatch, tmp_path)
     trainer.network = build(cls)
     for module in trainer.network.modules():  # no randomly dropped branches: every parameter gets a gradient
@@ -295,8 +297,8 @@ def test_continued_training_keeps_checkpoint_weights_but_freezes_the_same_tensor
     path = tmp_path / "small.pth"
     write_fake_vmamba_checkpoint(path, *TINY_TRAINER_ENCODER)
     monkeypatch.setenv(WEIGHTS_ENV_VAR, str(path))
-    trainer = make_trainer(trainers.nnUNetTrainerSwinUMambaLoG_Tiny, monkeypatch, tmp_path)
-    trainer.network = build(trainers.nnUNetTrainerSwinUMambaLoG_Tiny)
+    trainer = make_trainer(tiny_trainers.nnUNetTrainerSwinUMambaLoG_Tiny, monkeypatch, tmp_path)
+    trainer.network = build(tiny_trainers.nnUNetTrainerSwinUMambaLoG_Tiny)
     before = _snapshot(trainer.network.encoder)
     trainer.current_epoch = 1
     trainer.load_pretrained_encoder(trainer.pretrained_weights_path())
@@ -335,9 +337,9 @@ def test_freezing_under_ddp_needs_no_unused_parameter_search(tmp_path):
 
 def test_swin_umamba_recipe(tmp_path, monkeypatch):
     trainer = make_trainer(trainers.nnUNetTrainerSwinUMambaLoG, monkeypatch, tmp_path)
-    trainer.network = build(trainers.nnUNetTrainerSwinUMambaLoG_Tiny)
+    trainer.network = build(tiny_trainers.nnUNetTrainerSwinUMambaLoG_Tiny)
     optimizer, scheduler = trainer.configure_optimizers()
-    assert isinstance(optimizer, torch.optim.AdamW) and isinstance(scheduler, CosineLRScheduler)
+    assert isinstance(optimizer, torch.optim.AdamW) and isinstance(scheduler, CosineDecayLRScheduler)
     assert {(g["lr"], g["weight_decay"], g["betas"], g["eps"]) for g in optimizer.param_groups} == {
         (1e-4, 0.05, (0.9, 0.999), 1e-5), (1e-4, 0.0, (0.9, 0.999), 1e-5)}
     names = {id(p): n.rsplit(".", 1)[-1] for n, p in trainer.network.named_parameters()}
@@ -349,12 +351,12 @@ def test_swin_umamba_recipe(tmp_path, monkeypatch):
         expected = 1e-6 + (1e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * epoch / 1000))
         assert all(math.isclose(g["lr"], expected, rel_tol=1e-12) for g in optimizer.param_groups)
     assert math.isclose(scheduler.learning_rate(1000), 1e-6) and math.isclose(scheduler.learning_rate(0), 1e-4)
-    counting = CosineLRScheduler(optimizer, 1e-4, 1e-6, 4)  # without an argument, step() counts its calls
+    counting = CosineDecayLRScheduler(optimizer, 1e-4, 1e-6, 4)  # without an argument, step() counts its calls
     assert math.isclose(optimizer.param_groups[0]["lr"], 1e-4)
     counting.step()
     assert math.isclose(optimizer.param_groups[0]["lr"], 1e-6 + (1e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi / 4)))
     with pytest.raises(ValueError, match="max_steps >= 1"):
-        CosineLRScheduler(optimizer, 1e-4, 1e-6, 0)
+        CosineDecayLRScheduler(optimizer, 1e-4, 1e-6, 0)
 
 
 def test_swin_umamba_trainers_refuse_3d_and_dagger_is_a_vss_k4_decoder():

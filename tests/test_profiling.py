@@ -11,7 +11,7 @@ from logvmamba_nnunet.profiling.profile import profile_trainers
 
 
 def direct_count(batch: int, channels: int, length: int, d_state: int, with_D: bool, with_z: bool) -> int:
-    """Walk the recurrence of SPEC §1 literally and count every arithmetic operation."""
+    """Walk the selective-scan recurrence (paper §3.1) literally and count every arithmetic operation."""
     ops = 0
     for _b in range(batch):
         for _d in range(channels):

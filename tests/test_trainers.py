@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-import logvmamba_nnunet.nnunet_trainers as trainers
+import logvmamba_nnunet_trainers as trainers
+import tests.ext_trainers_for_tests.tiny_trainers as tiny_trainers
 from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
 from tests.plans_factory import DATASET_JSON, plans
 
@@ -54,7 +55,7 @@ def test_variants_build_their_network(cls, kinds, placement, directions):
 
 @pytest.mark.parametrize("configuration, resenc", [("3d_fullres", False), ("2d", False), ("3d_fullres", True)])
 def test_parameters_do_not_depend_on_deep_supervision(configuration, resenc):
-    cls = trainers.nnUNetTrainerLoGVMamba_Tiny
+    cls = tiny_trainers.nnUNetTrainerLoGVMamba_Tiny
     on, off = build(cls, configuration, True, resenc), build(cls, configuration, False, resenc)
     assert on.state_dict().keys() == off.state_dict().keys()
     off.load_state_dict(on.state_dict(), strict=True)
@@ -70,7 +71,7 @@ def test_no_amp_variant_runs_fp32(tmp_path, monkeypatch):
 def test_epoch_variants_and_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     assert make_trainer(trainers.nnUNetTrainerLoGVMamba_250epochs).num_epochs == 250
-    tiny = make_trainer(trainers.nnUNetTrainerLoGVMamba_Tiny)
+    tiny = make_trainer(tiny_trainers.nnUNetTrainerLoGVMamba_Tiny)
     assert (tiny.num_epochs, tiny.num_iterations_per_epoch, tiny.num_val_iterations_per_epoch) == (2, 4, 2)
 
 
@@ -110,3 +111,23 @@ def test_one_and_four_dimensional_configurations_are_refused():
     bad["configurations"]["3d_fullres"]["patch_size"] = [8, 8, 8, 8]
     with pytest.raises(ValueError, match="only 2D and 3D"):
         network_kwargs_from_configuration(PlansManager(bad).get_configuration("3d_fullres"))
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_no_deep_supervision_trainer_freezes_the_unused_heads(tmp_path, monkeypatch, configuration):
+    """Built as nnU-Net builds it (deep supervision off), only the heads that deep supervision alone uses stop
+    requiring a gradient, so DDP does not wait for them; the loss gets the full-resolution output only."""
+    from logvmamba_nnunet.nnunet.ddp import deep_supervision_head_names
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    cls = trainers.nnUNetTrainerLoGVMamba_NoDeepSupervision
+    trainer = make_trainer(cls, configuration)
+    assert trainer.enable_deep_supervision is False
+    network = build(cls, configuration, deep_supervision=False)
+    frozen = {name for name, p in network.named_parameters() if not p.requires_grad}
+    assert frozen and frozen == set(deep_supervision_head_names(network))
+    sizes = (16, 32, 32) if configuration == "3d_fullres" else (32, 32)
+    output = network(torch.randn(1, 1, *sizes))
+    assert isinstance(output, torch.Tensor) and output.shape == (1, 3, *sizes)
+    plain = build(trainers.nnUNetTrainerLoGVMamba, configuration, deep_supervision=False)
+    assert network.state_dict().keys() == plain.state_dict().keys()

@@ -11,11 +11,12 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-import logvmamba_nnunet.nnunet_trainers as trainers
+import logvmamba_nnunet_trainers as trainers
+import tests.ext_trainers_for_tests.tiny_trainers as tiny_trainers
 from logvmamba_nnunet.modules.mamba1d import UMambaLayer
+from logvmamba_nnunet.networks.monai_baselines import PaddedFloat32Network, round_up
 from logvmamba_nnunet.networks.umamba import UMambaBotUNet, UMambaEncUNet, umamba_block_counts
-from logvmamba_nnunet.nnunet_trainers.monai_baselines import PaddedFloat32Network, round_up
-from logvmamba_nnunet.nnunet_trainers.swin_umamba import CosineLRScheduler
+from logvmamba_nnunet.nnunet.lr_scheduler import CosineDecayLRScheduler
 from tests.plans_factory import DATASET_JSON, plans
 
 
@@ -105,7 +106,7 @@ def test_umamba_trainers_use_nnunet_default_recipe(tmp_path, monkeypatch, cls, n
     assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.99, True, 3e-5)
 
 
-@pytest.mark.parametrize("cls", [trainers.nnUNetTrainerUMambaEnc_Tiny, trainers.nnUNetTrainerUMambaBot_Tiny])
+@pytest.mark.parametrize("cls", [tiny_trainers.nnUNetTrainerUMambaEnc_Tiny, tiny_trainers.nnUNetTrainerUMambaBot_Tiny])
 def test_tiny_variants(tmp_path, monkeypatch, cls):
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     tiny = make_trainer(cls)
@@ -164,7 +165,8 @@ def test_padding_wrapper_sizes_and_errors():
 
 
 @pytest.mark.parametrize("cls, lr, scheduler_type", [
-    (trainers.nnUNetTrainerSwinUNETR, 8e-4, CosineLRScheduler), (trainers.nnUNetTrainerUNETR, 1e-4, PolyLRScheduler)])
+    (trainers.nnUNetTrainerSwinUNETR, 8e-4, CosineDecayLRScheduler),
+    (trainers.nnUNetTrainerUNETR, 1e-4, PolyLRScheduler)])
 def test_monai_recipe(tmp_path, monkeypatch, cls, lr, scheduler_type):
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     trainer = make_trainer(cls, "2d")
@@ -207,7 +209,7 @@ def test_monai_3d_networks_have_the_published_sizes():
 
 
 def test_monai_is_imported_only_when_a_network_is_built(monkeypatch):
-    code = ("import sys\nimport logvmamba_nnunet.nnunet_trainers as t\n"
+    code = ("import sys\nimport logvmamba_nnunet_trainers as t\n"
             "assert t.nnUNetTrainerSwinUNETR and 'monai' not in sys.modules, 'monai imported'\nprint('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

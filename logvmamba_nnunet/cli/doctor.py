@@ -11,7 +11,7 @@ import os
 import platform
 from dataclasses import dataclass
 
-from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, OPT_OUT_ENV, ext_trainer_folder
+from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, OPT_OUT_ENV, TRAINER_PACKAGE, ext_trainer_folder
 
 MAIN_TRAINER = "nnUNetTrainerLoGVMamba"
 
@@ -99,7 +99,12 @@ def check_trainer_discovery() -> Check:
             found = recursive_find_trainer_class_by_name(MAIN_TRAINER)
     except Exception as error:
         return Check("trainer discovery", False, f"nnU-Net's lookup of {MAIN_TRAINER} failed: {error}{note}", fix)
-    ours = importlib.import_module("logvmamba_nnunet.nnunet_trainers").nnUNetTrainerLoGVMamba
+    try:
+        ours = importlib.import_module(TRAINER_PACKAGE).nnUNetTrainerLoGVMamba
+    except ImportError as error:
+        return Check("trainer discovery", False, f"nnU-Net finds {MAIN_TRAINER}, but the package {TRAINER_PACKAGE} "
+                     f"does not import ({error}): its folder {ext_trainer_folder()} is not on sys.path",
+                     "pip install -e . (from a clone) or pip install logvmamba-nnunet")
     if found is not ours:
         return Check("trainer discovery", False, f"nnU-Net found a different {MAIN_TRAINER}: {found}", fix)
     return Check("trainer discovery", True,

@@ -11,8 +11,9 @@ from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, ext_trainer_folde
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "ext-path", help="print the folder to add to nnUNet_extTrainer",
-        description="Print the folder that holds this package's trainer module. Editable installs do not run the "
-                    "automatic registration, so use: export nnUNet_extTrainer=$(logvmamba-nnunet ext-path --value)")
+        description="Print the folder that holds this package's trainers (nnunet_trainers/ in a clone). "
+                    "Editable installs do not run the automatic registration, so use: "
+                    "export nnUNet_extTrainer=$(logvmamba-nnunet ext-path --value)")
     parser.add_argument("--value", action="store_true",
                         help="print the current nnUNet_extTrainer with the folder appended (ready for export)")
     parser.set_defaults(func=run)

@@ -9,7 +9,7 @@
 VMamba-Tiny: depths (2, 2, 9, 2), widths (96, 192, 384, 768); every block is a VSS block (vanilla extractor,
 K = 4 directions, E = 2, d_state 16, dt rank ceil(width / 16) as in VMamba's SS2D so that its ImageNet weights
 load one to one) with drop path rising linearly from 0 at the first block to ``drop_path_rate`` at the last.
-Module names (``patch_embed``, ``stages``, ``merges``) are what ``logvmamba_nnunet.nnunet.pretrained`` maps
+Module names (``patch_embed``, ``stages``, ``merges``) are what ``logvmamba_nnunet.networks.vmamba_pretrained`` maps
 VMamba's checkpoint keys to.
 """
 

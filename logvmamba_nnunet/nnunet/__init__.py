@@ -1,1 +1,1 @@
-"""nnU-Net glue: plans translation, trainer discovery and pretrained weights. Light to import."""
+"""nnU-Net glue: plans translation, trainer discovery, DDP helpers and learning-rate schedules."""

@@ -13,16 +13,20 @@ forward stops with "Expected to have finished reduction in the prior iteration b
   nnU-Net's own U-Net decoders have the same property (``nnUNetTrainerNoDeepSupervision`` under DDP fails the same
   way). :func:`freeze_deep_supervision_heads` sets ``requires_grad=False`` on those heads; called on the network
   before the DDP wrap (i.e. in ``build_network_architecture`` when deep supervision is off) it makes DDP skip them.
+  ``nnUNetTrainerLoGVMamba_NoDeepSupervision`` does exactly that.
 - Frozen encoder (``nnUNetTrainerSwinUMambaLoG``): frozen tensors have ``requires_grad=False``, and the trainer
-  wraps the network in a new DDP whenever the set of trainable tensors changes
-  (``logvmamba_nnunet.nnunet_trainers.swin_umamba.set_trainable``).
+  wraps the network in a new DDP whenever the set of trainable tensors changes (:func:`set_trainable`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from dynamic_network_architectures.building_blocks.unet_residual_decoder import UNetResDecoder
 from torch import nn
+from torch._dynamo.eval_frame import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
 from logvmamba_nnunet.networks.vmamba_decoder_2d import LoGVMambaDecoder2D
 
@@ -62,3 +66,29 @@ def freeze_deep_supervision_heads(network: nn.Module) -> list[str]:
     for name in names:
         parameters[name].requires_grad_(False)
     return names
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The plain network inside DDP and ``torch.compile`` wrappers."""
+    if isinstance(network, DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+def set_trainable(network: nn.Module, parameter_names: Collection[str], trainable: bool) -> nn.Module:
+    """Set ``requires_grad`` of the named parameters (names of the unwrapped network) and return the network to
+    use from now on: a new DDP wrapper around the same module, with the same device settings, when ``network`` is a
+    DDP wrapper (DDP registers the trainable parameters when it is constructed); ``network`` itself otherwise."""
+    parameters = dict(unwrap_network(network).named_parameters())
+    unknown = [name for name in parameter_names if name not in parameters]
+    if unknown:
+        raise ValueError(f"the network has no parameters named {unknown[:3]}; pass names of the unwrapped network.")
+    for name in parameter_names:
+        parameters[name].requires_grad_(trainable)
+    if isinstance(network, DistributedDataParallel):
+        return DistributedDataParallel(
+            network.module, device_ids=network.device_ids, output_device=network.output_device,
+            find_unused_parameters=network.find_unused_parameters)
+    return network

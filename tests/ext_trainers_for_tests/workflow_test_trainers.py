@@ -10,8 +10,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
     nnUNetTrainerNoMirroring,
 )
-
-from logvmamba_nnunet.nnunet_trainers import nnUNetTrainerLoGVMamba_Tiny
+from tiny_trainers import nnUNetTrainerLoGVMamba_Tiny
 
 TINY_EPOCHS, TINY_ITERATIONS, TINY_VAL_ITERATIONS = 1, 2, 1
 

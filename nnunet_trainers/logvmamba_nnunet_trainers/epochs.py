@@ -1,6 +1,6 @@
 """Epoch-length variants named as nnU-Net names its own (``nnUNetTrainer_100epochs`` and so on)."""
 
-from logvmamba_nnunet.nnunet_trainers.logvmamba import nnUNetTrainerLoGVMamba
+from logvmamba_nnunet_trainers.logvmamba import nnUNetTrainerLoGVMamba
 
 
 class nnUNetTrainerLoGVMamba_50epochs(nnUNetTrainerLoGVMamba):

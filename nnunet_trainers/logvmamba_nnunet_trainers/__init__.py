@@ -1,12 +1,24 @@
-"""The ``nnUNetTrainer`` subclasses of this package (found by nnU-Net through ``nnUNet_extTrainer``)."""
+"""The ``nnUNetTrainer`` subclasses of logvmamba-nnunet, found by nnU-Net through ``nnUNet_extTrainer``.
 
-from logvmamba_nnunet.nnunet_trainers.epochs import (
+Modules by concern: ``base`` (shared base trainers), ``logvmamba`` (the paper's trainer and its one-setting
+variants), ``epochs`` (schedule lengths), ``swin_umamba`` (the 2D model with Swin-UMamba-dagger's recipe, and that
+baseline), ``umamba`` and ``monai_baselines`` (the other baselines). How nnU-Net finds them, and why every class
+exists once per process however it is reached: ``logvmamba_nnunet.nnunet.discovery`` and docs/architecture.md.
+"""
+
+import sys
+
+from logvmamba_nnunet.nnunet.discovery import remember_trainer_modules, restore_trainer_modules
+
+restore_trainer_modules(sys.modules[__name__])
+
+from logvmamba_nnunet_trainers.epochs import (  # noqa: E402
     nnUNetTrainerLoGVMamba_50epochs,
     nnUNetTrainerLoGVMamba_100epochs,
     nnUNetTrainerLoGVMamba_250epochs,
     nnUNetTrainerLoGVMamba_500epochs,
 )
-from logvmamba_nnunet.nnunet_trainers.logvmamba import (
+from logvmamba_nnunet_trainers.logvmamba import (  # noqa: E402
     nnUNetTrainerGVMamba,
     nnUNetTrainerLoGVMamba,
     nnUNetTrainerLoGVMamba_Demo,
@@ -15,18 +27,21 @@ from logvmamba_nnunet.nnunet_trainers.logvmamba import (
     nnUNetTrainerLoGVMamba_K4,
     nnUNetTrainerLoGVMamba_Middle,
     nnUNetTrainerLoGVMamba_NoAMP,
+    nnUNetTrainerLoGVMamba_NoDeepSupervision,
     nnUNetTrainerLoGVMamba_Split,
-    nnUNetTrainerLoGVMamba_Tiny,
     nnUNetTrainerLoGVMambaUNet,
     nnUNetTrainerLVMamba,
     nnUNetTrainerVSSMamba,
 )
-from logvmamba_nnunet.nnunet_trainers.swin_umamba import (
+from logvmamba_nnunet_trainers.monai_baselines import nnUNetTrainerSwinUNETR, nnUNetTrainerUNETR  # noqa: E402
+from logvmamba_nnunet_trainers.swin_umamba import (  # noqa: E402
     nnUNetTrainerSwinUMambaDagger,
     nnUNetTrainerSwinUMambaLoG,
     nnUNetTrainerSwinUMambaLoG_ImageNet,
-    nnUNetTrainerSwinUMambaLoG_Tiny,
 )
+from logvmamba_nnunet_trainers.umamba import nnUNetTrainerUMambaBot, nnUNetTrainerUMambaEnc  # noqa: E402
+
+remember_trainer_modules(__name__)
 
 __all__ = [
     "nnUNetTrainerLoGVMamba",
@@ -39,7 +54,7 @@ __all__ = [
     "nnUNetTrainerLoGVMamba_K2",
     "nnUNetTrainerLoGVMamba_K4",
     "nnUNetTrainerLoGVMamba_NoAMP",
-    "nnUNetTrainerLoGVMamba_Tiny",
+    "nnUNetTrainerLoGVMamba_NoDeepSupervision",
     "nnUNetTrainerLoGVMamba_Demo",
     "nnUNetTrainerLoGVMamba_50epochs",
     "nnUNetTrainerLoGVMamba_100epochs",
@@ -49,23 +64,8 @@ __all__ = [
     "nnUNetTrainerSwinUMambaLoG",
     "nnUNetTrainerSwinUMambaLoG_ImageNet",
     "nnUNetTrainerSwinUMambaDagger",
-    "nnUNetTrainerSwinUMambaLoG_Tiny",
-]
-
-# U-Mamba and MONAI baselines (issue 10)
-from logvmamba_nnunet.nnunet_trainers.monai_baselines import nnUNetTrainerSwinUNETR, nnUNetTrainerUNETR  # noqa: E402
-from logvmamba_nnunet.nnunet_trainers.umamba import (  # noqa: E402
-    nnUNetTrainerUMambaBot,
-    nnUNetTrainerUMambaBot_Tiny,
-    nnUNetTrainerUMambaEnc,
-    nnUNetTrainerUMambaEnc_Tiny,
-)
-
-__all__ += [
     "nnUNetTrainerUMambaEnc",
     "nnUNetTrainerUMambaBot",
-    "nnUNetTrainerUMambaEnc_Tiny",
-    "nnUNetTrainerUMambaBot_Tiny",
     "nnUNetTrainerSwinUNETR",
     "nnUNetTrainerUNETR",
 ]

@@ -4,7 +4,7 @@ The recipe is nnU-Net's default, as U-Mamba trains them: Dice + CE (Dice + BCE f
 supervision, SGD (learning rate 1e-2, Nesterov momentum 0.99, weight decay 3e-5), the poly schedule, 1000 epochs
 of 250 iterations, AMP on CUDA (the Mamba layers run in float32 inside). Only the network differs, built from the
 same plans as every other trainer (2D and 3D configurations). ``torch.compile`` is off unless ``nnUNet_compile``
-asks for it. The ``_Tiny`` variants (2 epochs of 2 iterations) are for tests.
+asks for it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 
 from logvmamba_nnunet.networks.umamba import UMambaBotUNet, UMambaEncUNet
 from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
-from logvmamba_nnunet.nnunet_trainers.base import PluginTrainer
+from logvmamba_nnunet_trainers.base import PluginTrainer
 
 
 class nnUNetTrainerUMambaEnc(PluginTrainer):
@@ -35,19 +35,3 @@ class nnUNetTrainerUMambaBot(nnUNetTrainerUMambaEnc):
     """U-Mamba-Bot (one Mamba layer at the bottleneck) with nnU-Net's default recipe."""
 
     network_class = UMambaBotUNet
-
-
-class nnUNetTrainerUMambaEnc_Tiny(nnUNetTrainerUMambaEnc):
-    """For tests: 2 epochs of 2 iterations, 1 validation iteration."""
-
-    epochs = 2
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
-
-
-class nnUNetTrainerUMambaBot_Tiny(nnUNetTrainerUMambaBot):
-    """For tests: 2 epochs of 2 iterations, 1 validation iteration."""
-
-    epochs = 2
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1

@@ -1,4 +1,5 @@
-"""ImageNet weights of VMamba-Tiny (v0) for the 2D encoder, from a local file the user names (SPEC §5).
+"""ImageNet weights of VMamba-Tiny (v0) for the 2D encoder, from a local file the user names. The paper's 2D model
+(paper §3.4) builds on Swin-UMamba, which starts from these weights.
 
 The file is VMamba's ``vssmtiny_dp01_ckpt_epoch_292.pth`` (state dict under the key ``model``; a bare state dict
 is accepted too). It is named by the environment variable ``LOGVMAMBA_VMAMBA_TINY_WEIGHTS`` as an absolute path;

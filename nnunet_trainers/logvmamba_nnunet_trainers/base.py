@@ -1,0 +1,116 @@
+"""Base trainers (not trainers to use themselves): what every trainer here shares, and what builds the LoG family's
+networks from an nnU-Net plan."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet
+from logvmamba_nnunet.networks.vmamba_encoder_2d import VMAMBA_TINY_WIDTHS
+from logvmamba_nnunet.networks.vmamba_unet_2d import LoGVMambaSwinUMamba2D, deep_supervision_scales_2d
+from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
+
+
+class PluginTrainer(nnUNetTrainer):
+    """Base of every trainer here.
+
+    Variants set class attributes: ``epochs``, ``iterations_per_epoch`` and ``val_iterations_per_epoch`` (the
+    schedule), and ``learning_rate`` / ``optimizer_weight_decay`` (None keeps nnU-Net's 1e-2 / 3e-5). They become
+    nnU-Net's ``num_epochs``, ``initial_lr``, ``weight_decay`` and so on. ``torch.compile`` is used only when
+    ``nnUNet_compile`` explicitly asks for it (nnU-Net's default is to compile on CUDA, which these networks do not
+    need and which the peers' users report failing).
+    """
+
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    learning_rate: float | None = None
+    optimizer_weight_decay: float | None = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        if self.learning_rate is not None:
+            self.initial_lr = self.learning_rate
+        if self.optimizer_weight_decay is not None:
+            self.weight_decay = self.optimizer_weight_decay
+
+    def _do_i_compile(self) -> bool:
+        """torch.compile only when ``nnUNet_compile`` explicitly asks for it (and nnU-Net allows it)."""
+        if os.environ.get("nnUNet_compile", "").lower() not in ("true", "1", "t"):
+            return False
+        return super()._do_i_compile()
+
+
+class LoGFamilyTrainer(PluginTrainer):
+    """Builds the LoG family's networks; the recipes (optimizer, schedule) are in the subclasses.
+
+    3D configurations get the LoG-VMamba U-Net (``LoGVMambaUNet``: U-Mamba-Enc with LoG-family encoder blocks);
+    2D configurations the paper's 2D model, Swin-UMamba-dagger with a LoG-VMamba decoder
+    (``LoGVMambaSwinUMamba2D``), unless ``use_vmamba_2d`` is False. Class attributes describe the network, so every
+    variant is a small subclass and ``build_network_architecture`` (a classmethod, which nnU-Net calls like its
+    static method) sees them both in training and when ``nnUNetv2_predict`` rebuilds the network:
+
+    - ``stage_kind``: None for the per-stage rule of ``networks.stage_rules`` (3D), or one kind for every encoder
+      stage (3D) / decoder block (2D: None means ``local_global``; ``vss`` is Swin-UMamba-dagger's decoder);
+    - ``placement``, ``directions``: global-token placement and scan directions of every block;
+    - ``force_fp32``: the whole network in fp32 and no gradient scaler;
+    - ``use_vmamba_2d``: which network 2D configurations get.
+    """
+
+    stage_kind: str | None = None
+    placement: str = "interleaved"
+    directions: int = 1
+    force_fp32: bool = False
+    use_vmamba_2d: bool = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.force_fp32:
+            self.grad_scaler = None
+
+    @classmethod
+    def network_overrides(cls, n_stages: int) -> dict:
+        """Keyword arguments this trainer adds to the plan's architecture kwargs (3D network)."""
+        overrides = {"placement": cls.placement, "directions": cls.directions, "force_fp32": cls.force_fp32}
+        if cls.stage_kind is not None:
+            overrides["stage_kinds"] = [cls.stage_kind] * n_stages
+        return overrides
+
+    @classmethod
+    def network_2d_overrides(cls) -> dict:
+        """Keyword arguments of ``LoGVMambaSwinUMamba2D`` for 2D configurations (besides the patch size)."""
+        return {"decoder_kind": cls.stage_kind or "local_global", "placement": cls.placement,
+                "directions": cls.directions, "force_fp32": cls.force_fp32}
+
+    @classmethod
+    def builds_vmamba_2d(cls, configuration_manager: ConfigurationManager) -> bool:
+        """Whether this trainer builds ``LoGVMambaSwinUMamba2D`` for the configuration (2D, ``use_vmamba_2d``)."""
+        return cls.use_vmamba_2d and len(configuration_manager.patch_size) == 2
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        if cls.builds_vmamba_2d(configuration_manager):
+            return LoGVMambaSwinUMamba2D(num_input_channels, num_output_channels, enable_deep_supervision,
+                                         patch_size=configuration_manager.patch_size, **cls.network_2d_overrides())
+        kwargs = network_kwargs_from_configuration(configuration_manager)
+        kwargs.update(cls.network_overrides(kwargs["n_stages"]))
+        return LoGVMambaUNet(num_input_channels, num_output_channels, enable_deep_supervision, **kwargs)
+
+    def _get_deep_supervision_scales(self):
+        """The 2D VMamba network's outputs are at full, 1/4, 1/8, 1/16 size, not at the plan's pooling scales."""
+        if not (self.enable_deep_supervision and self.builds_vmamba_2d(self.configuration_manager)):
+            return super()._get_deep_supervision_scales()
+        widths = self.network_2d_overrides().get("widths", VMAMBA_TINY_WIDTHS)
+        return deep_supervision_scales_2d(len(widths))
