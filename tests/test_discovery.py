@@ -207,7 +207,7 @@ def test_wheel_install_registers_and_uninstalls_cleanly(tmp_path):
                     str(tmp_path / "dist"), str(REPO)], check=True)
     wheel = next((tmp_path / "dist").glob("logvmamba_nnunet-*.whl"))
     python, site = fresh_venv(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != EXT_TRAINER_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (EXT_TRAINER_ENV, "PYTHONPATH")}
     pip = [sys.executable, "-m", "pip", "--python", str(python)]
     before = set(os.listdir(site))
     subprocess.run(pip + ["install", "--no-deps", "-q", str(wheel)], check=True, env=env)
