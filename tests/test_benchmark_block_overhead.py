@@ -1,0 +1,54 @@
+"""benchmarks/block_overhead.py: its saved-activation count and its table's ratios."""
+
+import importlib.util
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "block_overhead.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("block_overhead", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class ScaledSquare(nn.Module):
+    """h = x * w (autograd keeps x for w's gradient), y = h * h (keeps h twice: one storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * self.w
+        return h * h
+
+
+def test_saved_activations_count_each_storage_once():
+    script = load_script()
+    batch, patch = 2, [3, 4, 5]
+    assert script.saved_activation_bytes(ScaledSquare(), patch, batch) == 2 * batch * 3 * 4 * 5 * 4
+
+
+def test_table_ratios_are_against_the_plain_network_and_the_backbone_of_the_same_topology():
+    script = load_script()
+    rows = [{"network": "(a) nnU-Net PlainConvUNet", "parameters": 1e6, "step_s": 1.0, "saved_GiB": 1.0,
+             "peak_GiB": 1.0}]
+    for topology, scale in (("stage", 2.0), ("pooled", 1.0)):
+        rows.append({"network": f"(b) backbone, {topology}", "parameters": 2e6, "step_s": 2.0 * scale,
+                     "saved_GiB": 1.0 * scale, "peak_GiB": 1.0})
+        rows.append({"network": f"(c) nnUNetTrainerLoGVMamba, {topology}", "parameters": 3e6, "step_s": 3.0 * scale,
+                     "saved_GiB": 1.25 * scale, "peak_GiB": 1.0})
+    table = script.format_table(rows, Namespace(plan="acdc", batch=2, threads=1, repeats=5))
+    lines = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+             for line in table.splitlines() if line.startswith("| (")}
+    assert lines["(c) nnUNetTrainerLoGVMamba, stage"][2:5] == ["6.00x", "1.50x", "2.500"]
+    assert lines["(c) nnUNetTrainerLoGVMamba, pooled"][2:6] == ["3.00x", "1.50x", "1.250", "1.25x"]
+    assert lines["(b) backbone, pooled"][3] == "-" and lines["(a) nnU-Net PlainConvUNet"][2] == "1.00x"
