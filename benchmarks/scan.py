@@ -17,38 +17,54 @@ Cases whose estimated memory exceeds ``--max-gib`` are not run and are reported 
 ``--device cuda`` (or ``--parity``) first checks the ``torch`` backend against the float64 reference
 (outputs and every gradient) on that device. ``--quick`` is a dry run with tiny shapes.
 
+``--compare-ref REV`` times the ``torch`` backend against its own implementation at git revision ``REV``
+instead: the file ``logvmamba_nnunet/ops/scan_torch.py`` of that revision is loaded into a temporary module
+for the run only. Both run forward+backward on the same inputs in one process, old and new repeats
+interleaved; the table reports the median wall time and the median CPU time of the process (which other jobs
+on the machine inflate less), the speed-up, and the largest difference between the two results.
+
 Usage:
     python benchmarks/scan.py                      # the default table on CPU, 1 and 2 threads
     python benchmarks/scan.py --device cuda        # parity checks + the table on the GPU
     python benchmarks/scan.py --shapes 2x64x4096 --threads 1 --modes forward
     python benchmarks/scan.py --threads 2 --case-timeout 60   # on a busy machine
     python benchmarks/scan.py --quick
+    python benchmarks/scan.py --compare-ref 0746f5d --shapes 2x54x35840 --threads 1 --repeats 7
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
-from logvmamba_nnunet.ops import selective_scan
+from logvmamba_nnunet.ops import scan_torch, selective_scan
 from logvmamba_nnunet.ops.reference import selective_scan_reference
+from logvmamba_nnunet.ops.scan_inputs import as_grouped
 
 STATE_SIZE = 16
 DEFAULT_SHAPES = ((2, 64, 4096), (2, 64, 32768), (2, 384, 4096), (2, 384, 32768))
 QUICK_SHAPES = ((1, 8, 256),)
 ALGORITHMS = ("torch", "loop", "materialised")
 MODES = ("forward", "forward+backward")
+COMPARE_SHAPES = ((2, 54, 35840),)
+COMPARE_REPEATS = 5
+SCAN_TORCH_PATH = "logvmamba_nnunet/ops/scan_torch.py"
 PARITY_LENGTHS = (1, 7, 127, 1000, 4096)
 QUICK_PARITY_LENGTHS = (1, 7, 127)
 OUTPUT_TOLERANCE = 1e-5
@@ -234,6 +250,81 @@ def _case_main(case_json: str) -> None:
     print(json.dumps(result))
 
 
+def load_scan_at_revision(revision: str) -> ModuleType:
+    """``logvmamba_nnunet/ops/scan_torch.py`` as it was at git revision ``revision``, loaded into a temporary
+    module (it imports the package's other modules from the working tree)."""
+    root = Path(__file__).resolve().parents[1]
+    completed = subprocess.run(
+        ["git", "show", f"{revision}:{SCAN_TORCH_PATH}"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"git show {revision}:{SCAN_TORCH_PATH} failed: {completed.stderr.strip()}")
+    name = f"_scan_torch_at_{abs(hash(revision))}"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "scan_torch_reference.py"
+        path.write_text(completed.stdout)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file executes
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[name]
+    return module
+
+
+def _scan_call(module: ModuleType, x: ScanInputs) -> tuple[float, float, float, list[torch.Tensor]]:
+    """Forward+backward of ``module.selective_scan_torch`` on the benchmark case: wall seconds of the
+    forward and of the backward, CPU seconds of the process for both, and the output and gradients."""
+    for tensor in x.parameters():
+        tensor.grad = None
+    cpu, start = time.process_time(), time.perf_counter()
+    y = module.selective_scan_torch(
+        x.u, x.delta, x.A, as_grouped(x.B), as_grouped(x.C), x.D, None, x.delta_bias, True, False, None
+    )
+    middle = time.perf_counter()
+    y.backward(x.grad_y)
+    end = time.perf_counter()
+    return middle - start, end - middle, time.process_time() - cpu, [y.detach(), *(t.grad for t in x.parameters())]
+
+
+def compare_with_revision(revision: str, shapes, threads: int, repeats: int) -> list[dict]:
+    """Time the torch backend's scan against its implementation at ``revision`` (see the module docstring) and
+    print a markdown table; returns one row per shape with the median seconds of both."""
+    torch.set_num_threads(threads)
+    implementations = {f"at {revision}": load_scan_at_revision(revision), "working tree": scan_torch}
+    print(f"torch {torch.__version__}, cpu ({os.cpu_count()} logical CPUs), {threads} thread(s), "
+          f"{repeats} interleaved repeats, medians")
+    print("| (B, D, L) | implementation | forward (s) | backward (s) | forward+backward (s) | CPU time (s) |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for shape in shapes:
+        inputs = make_inputs(*shape, device="cpu", requires_grad=True)
+        results, timings = {}, {name: [] for name in implementations}
+        for name, module in implementations.items():  # warm-up call, also kept for the comparison
+            results[name] = _scan_call(module, inputs)[3]
+        for _ in range(repeats):
+            for name, module in implementations.items():
+                timings[name].append(_scan_call(module, inputs)[:3])
+        medians = {}
+        for name, times in timings.items():
+            forward, backward, cpu = (statistics.median(t[i] for t in times) for i in range(3))
+            total = statistics.median(t[0] + t[1] for t in times)
+            medians[name] = {"forward": forward, "backward": backward, "total": total, "cpu": cpu}
+            print(f"| {shape} | {name} | {forward:.3f} | {backward:.3f} | {total:.3f} | {cpu:.3f} |")
+        old, new = medians[f"at {revision}"], medians["working tree"]
+        difference = max(
+            _relative_error(a, b.double()) for a, b in zip(results["working tree"], results[f"at {revision}"],
+                                                         strict=True)
+        )
+        print(f"| {shape} | speed-up | {old['forward'] / new['forward']:.2f}x | "
+              f"{old['backward'] / new['backward']:.2f}x | {old['total'] / new['total']:.2f}x | "
+              f"{old['cpu'] / new['cpu']:.2f}x |")
+        print(f"largest relative difference between the two (output and gradients): {difference:.1e}", flush=True)
+        rows.append({"shape": shape, "old": old, "new": new, "difference": difference})
+    return rows
+
+
 def _relative_error(value: torch.Tensor | None, reference: torch.Tensor) -> float:
     if value is None:
         return math.inf
@@ -375,18 +466,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--shapes", type=_parse_shapes, default=DEFAULT_SHAPES, help="e.g. 2x64x4096,2x384x32768"
+        "--shapes", type=_parse_shapes, default=None,
+        help="e.g. 2x64x4096,2x384x32768 (default: the table's four shapes; 2x54x35840 with --compare-ref)",
     )
     parser.add_argument("--threads", type=_parse_threads, default=(1, 2), help="CPU threads, e.g. 1,2")
     parser.add_argument("--algorithms", type=_parse_choices(ALGORITHMS), default=ALGORITHMS)
     parser.add_argument("--modes", type=_parse_choices(MODES), default=MODES)
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per case (best is reported)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per case (default 3, best reported; with --compare-ref 5, medians)")
     parser.add_argument("--max-gib", type=float, default=None,
                         help="skip cases estimated to need more (default 4 on CPU, 40 on CUDA)")
     parser.add_argument("--case-timeout", type=float, default=None,
                         help="CPU only: stop a case after this many seconds and report it as timed out")
     parser.add_argument("--parity", action="store_true", help="check parity with the reference first")
     parser.add_argument("--quick", action="store_true", help="dry run: tiny shapes, one thread, one repeat")
+    parser.add_argument("--compare-ref", metavar="REV",
+                        help="time the torch backend against its scan_torch.py at git revision REV (CPU)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
@@ -394,7 +489,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA device; none is available")
-    shapes, threads, repeats = args.shapes, args.threads, args.repeats
+    if args.compare_ref:
+        if args.device != "cpu":
+            parser.error("--compare-ref runs on the CPU")
+        shapes = QUICK_SHAPES if args.quick else args.shapes or COMPARE_SHAPES
+        repeats = 1 if args.quick else args.repeats or COMPARE_REPEATS
+        compare_with_revision(args.compare_ref, shapes, args.threads[0], repeats)
+        return 0
+    shapes, threads, repeats = args.shapes or DEFAULT_SHAPES, args.threads, args.repeats or 3
     lengths = PARITY_LENGTHS
     if args.quick:
         shapes, threads, repeats, lengths = QUICK_SHAPES, (1,), 1, QUICK_PARITY_LENGTHS

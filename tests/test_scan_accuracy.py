@@ -225,3 +225,33 @@ def test_gradient_through_the_last_state_only() -> None:
     assert ours["C"].grad is None or not ours["C"].grad.any()
     for name in ("u", "delta", "A", "B", "delta_bias"):
         assert relative_error(ours[name].grad, ref[name].grad) <= GRADIENT_TOLERANCE, name
+
+
+@pytest.mark.parametrize(
+    ("length", "chunk_size", "step_elements", "block_elements", "regime"),
+    [
+        (4096, None, None, None, "default"),  # a long sequence with the default plan
+        (4001, None, 1 << 10, 1 << 14, "default"),  # many blocks, a ragged last block and a padded last chunk
+        (4001, None, 1 << 10, 1 << 14, "large"),
+        (203, 8, 1, 1, "large"),  # one chunk per block (the last one padded)
+        (5, 16, None, None, "default"),  # shorter than one chunk
+        (1, None, None, None, "default"),
+        (37, 1, 1 << 8, 1 << 10, "default"),  # chunks of one step, several blocks
+    ],
+)
+def test_long_sequences_and_block_edges_match_reference(
+    monkeypatch: pytest.MonkeyPatch, length: int, chunk_size: int | None, step_elements: int | None,
+    block_elements: int | None, regime: str,
+) -> None:
+    """Outputs, last state and every gradient at a long sequence and where chunks and blocks end."""
+    if step_elements is not None:
+        monkeypatch.setattr(scan_torch, "_STEP_ELEMENTS", step_elements)
+        monkeypatch.setattr(scan_torch, "_BLOCK_ELEMENTS", block_elements)
+    case = make_case(length, regime, groups=None, with_D=True, with_z=True, with_bias=True, softplus=True,
+                     seed=length + 17, batch=2, channels=4, state=16)
+    plan = scan_torch._make_plan(length, 2 * 4 * 16, chunk_size, torch.device("cpu"))
+    assert plan.padded_length >= length
+    if step_elements is not None and length > 1000:
+        assert plan.n_blocks > 2 and plan.n_chunks % plan.chunks_per_block != 0
+        assert length % plan.chunk_len != 0
+    assert_matches_reference(case, softplus=True, chunk_size=chunk_size)

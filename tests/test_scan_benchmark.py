@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,24 @@ def test_memory_guard_skips_the_materialised_algorithm_at_the_largest_shape() ->
     largest = (2, 384, 32768)
     assert script.estimated_bytes("materialised", "forward", largest) > 4 * 2**30
     assert script.estimated_bytes("torch", "forward+backward", largest) < 4 * 2**30
+
+
+def test_compare_ref_times_the_scan_against_a_git_revision() -> None:
+    root = SCRIPT.parents[1]
+    has_git = shutil.which("git") is not None and subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, check=False
+    ).returncode == 0
+    if not has_git:
+        pytest.skip("needs a git checkout")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--compare-ref", "HEAD", "--quick"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rows = [line.split("|") for line in lines if line.startswith("| (1, 8, 256) |")]
+    assert [row[2].strip() for row in rows] == ["at HEAD", "working tree", "speed-up"]
+    assert all(float(cell) > 0 for row in rows[:2] for cell in row[3:7])
+    assert all(cell.strip().endswith("x") for cell in rows[2][3:7])
+    difference = next(line for line in lines if line.startswith("largest relative difference"))
+    assert float(difference.rsplit(" ", 1)[1]) < 1e-5

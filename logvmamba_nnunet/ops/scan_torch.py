@@ -1,43 +1,57 @@
-"""Exact two-level chunked selective scan in plain PyTorch, with a hand-written, memory-lean backward.
+"""Exact chunked selective scan in plain PyTorch, with a hand-written, memory-lean backward.
 
 Notation: batch b, channels d = g * h (g groups of B/C, h channels per group), state size n, sequence
-length L padded to ``n_chunks`` chunks of ``chunk_len`` steps. Padding steps have ``dt = 0`` and
-``B = C = 0``, so they leave the state unchanged.
+length L padded to ``n_chunks`` chunks of ``T`` steps. Padding steps have ``dt = 0`` and ``B = C = 0``, so
+they leave the state unchanged.
 
-Forward:
-1. scan every chunk from a zero state, all chunks at once (``chunk_len`` steps on (b, g, n_chunks, h, n)
-   tensors);
-2. carry the state across chunk ends with the chunk's total decay ``exp(A * sum(dt))`` (``n_chunks`` small
-   steps);
-3. rescan every chunk from its true start state and read out ``y_t = <C_t, h_t>``.
+The chunks are processed in blocks of ``K`` consecutive chunks, one block after the other, so that each
+block buffer (T, K, b, g, n, h) stays in the CPU caches. Forward, for each block:
+1. compute the decays ``exp(dt_t * A)`` of all its steps once, into a block buffer;
+2. scan every chunk of the block from a zero state, all chunks at once (``T`` steps on (K, b, g, n, h)
+   states), to get the chunks' local end states;
+3. carry the state across the chunk ends with the chunk's total decay ``exp(A * sum(dt))``, starting from
+   the end state of the previous block (``K`` small steps);
+4. rescan every chunk from its true start state with the stored decays, writing the states over them, and
+   read out ``y_t = <C_t, h_t>`` with one batched matrix product for the whole block.
 Only decays <= 1 are ever multiplied; nothing is divided by a running decay.
 
-Backward saves only the inputs and the ``n_chunks`` chunk-start states. The adjoint state
-``lambda_t = dL/dh_t`` obeys the reverse recurrence ``lambda_t = exp(dt_{t+1} A) lambda_{t+1} + C_t g_t`` and
-is chunked the same way (local reverse scan, carry across chunks, rescan). The rescan runs on blocks of
-chunks whose per-step states are recomputed from the saved chunk starts, so temporaries stay bounded by
-``_BLOCK_ELEMENTS`` elements per buffer and never reach b*d*L*n for a long sequence.
+Backward saves only the inputs and the state at every block start. It walks the blocks from the last to the
+first. For each block it recomputes the decays and the states (steps 1-4) and scans the adjoint state
+``lambda_t = dL/dh_t``, which obeys ``lambda_t = exp(dt_{t+1} A) lambda_{t+1} + C_t g_t``, the same way: a
+local reverse scan, a carry across the chunks from the adjoint entering the block's end, and a rescan. Every
+gradient of the block then takes one or two whole-block products or batched matrix products.
 
-Step layout: per-channel sequences are kept as (chunk_len, b, g, n_chunks, h) and B/C as
-(chunk_len, b, g, n_chunks, n) so that every step of a loop reads one contiguous slab.
+Layouts: states are (..., n, h), channels innermost, which makes both contractions (over n for
+``<C_t, h_t>``, over h for the B and C gradients) fast ``bmm`` calls. Each block copies its part of every
+sequence into step layout (T, K, b, g, c), in which the values of one step of all its chunks are contiguous,
+and copies its outputs back.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from logvmamba_nnunet.ops.constants import LOG2_E, SOFTPLUS_THRESHOLD
+from logvmamba_nnunet.ops.constants import LOG2_E
 from logvmamba_nnunet.ops.scan_inputs import step_sizes
 
 _Z_INPUT = 8
-"""Position of z among the inputs of ``ChunkedSelectiveScan.forward`` (after delta_softplus and chunk_len)."""
+"""Position of z among the inputs of ``ChunkedSelectiveScan.forward`` (after delta_softplus and chunk_size)."""
 
-_BLOCK_ELEMENTS = 1 << 24
-"""Upper bound on the elements of one per-block buffer (chunk_len, b, g, chunks_per_block, h, n) in backward."""
+_BLOCK_ELEMENTS = 1 << 20
+"""Upper bound on the elements of one block buffer (T, K, b, g, n, h) on the CPU (4 MiB in float32), so that
+the two or three such buffers of a block stay in the last-level cache."""
+
+_STEP_ELEMENTS = 1 << 16
+"""Target elements of one step's states (K, b, g, n, h) on the CPU: large enough that the per-step PyTorch
+calls cost little next to their arithmetic."""
+
+_ACCELERATOR_BLOCK_ELEMENTS = 1 << 24
+"""Upper bound on one block buffer on other devices, where one block normally holds every chunk."""
 
 
 def default_chunk_size(length: int) -> int:
@@ -45,90 +59,63 @@ def default_chunk_size(length: int) -> int:
     return max(1, round(math.sqrt(length / 2)))
 
 
-def _pad_to_chunks(x: torch.Tensor, chunk_len: int) -> torch.Tensor:
-    """Zero-pad the last dimension up to a multiple of ``chunk_len`` (no copy when it already is one)."""
-    padding = -x.shape[-1] % chunk_len
+@dataclass(frozen=True)
+class _Plan:
+    """How a sequence of ``length`` steps is cut: ``n_chunks`` chunks of ``chunk_len`` steps, processed in
+    blocks of ``chunks_per_block`` chunks (the last block may hold fewer)."""
+
+    length: int
+    chunk_len: int
+    n_chunks: int
+    chunks_per_block: int
+
+    @property
+    def padded_length(self) -> int:
+        return self.n_chunks * self.chunk_len
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_chunks // self.chunks_per_block)
+
+    def blocks(self, reverse: bool = False) -> Iterator[tuple[int, int, int]]:
+        """(block index, first chunk, end chunk) of every block, first to last (or last to first)."""
+        order = range(self.n_blocks - 1, -1, -1) if reverse else range(self.n_blocks)
+        for index in order:
+            start = index * self.chunks_per_block
+            yield index, start, min(start + self.chunks_per_block, self.n_chunks)
+
+
+def _make_plan(length: int, state_elements: int, chunk_size: int | None, device: torch.device) -> _Plan:
+    """Chunk length and chunks per block for ``length`` steps of b * d * n = ``state_elements`` states.
+
+    On the CPU the chunk length is at most ``default_chunk_size(length)`` and small enough that a block of
+    about ``_STEP_ELEMENTS / state_elements`` chunks fits in ``_BLOCK_ELEMENTS``. On other devices the chunk
+    length is ``default_chunk_size(length)`` and a block holds as many chunks as ``_ACCELERATOR_BLOCK_ELEMENTS``
+    allows. ``chunk_size`` overrides the chunk length.
+    """
+    budget = _BLOCK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_BLOCK_ELEMENTS
+    if chunk_size is not None:
+        chunk_len = chunk_size
+    elif device.type == "cpu":
+        chunks_per_step = max(1, _STEP_ELEMENTS // state_elements)
+        chunk_len = max(1, min(default_chunk_size(length), budget // (chunks_per_step * state_elements)))
+    else:
+        chunk_len = default_chunk_size(length)
+    n_chunks = -(-length // chunk_len)
+    chunks_per_block = max(1, min(n_chunks, budget // (chunk_len * state_elements)))
+    return _Plan(length, chunk_len, n_chunks, chunks_per_block)
+
+
+def _pad_steps(x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """Zero-pad the last dimension (time) to the plan's padded length (no copy when it already is)."""
+    padding = plan.padded_length - x.shape[-1]
     return F.pad(x, (0, padding)) if padding else x
 
 
-def _to_steps(x: torch.Tensor, groups: int, chunk_len: int) -> torch.Tensor:
-    """(b, c, L) -> zero-padded step layout (chunk_len, b, g, n_chunks, c / g).
-
-    The result is a view of a contiguous (chunk_len, b, g, c / g, n_chunks) tensor, made with one 2-D
-    transpose (far faster than a general permute); each step's slab is contiguous in memory.
-    """
-    x = _pad_to_chunks(x, chunk_len)
-    b, c, padded = x.shape
-    n_chunks = padded // chunk_len
-    steps = x.reshape(b * c * n_chunks, chunk_len).t().contiguous()
-    return steps.view(chunk_len, b, groups, c // groups, n_chunks).transpose(3, 4)
-
-
-def _to_steps_contiguous(x: torch.Tensor, groups: int, chunk_len: int) -> torch.Tensor:
-    """Like ``_to_steps`` but contiguous in (chunk_len, b, g, n_chunks, c / g) order: for B and C, which are
-    read with a broadcast over channels at every step and would be slow to read strided."""
-    return _to_steps(x, groups, chunk_len).contiguous()
-
-
-def _from_steps(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Step layout (chunk_len, b, g, n_chunks, c) -> (b, g * c, L) with the padding removed."""
-    chunk_len, b, g, n_chunks, c = x.shape
-    rows = x.transpose(3, 4).reshape(chunk_len, b * g * c * n_chunks).t()
-    return rows.reshape(b, g * c, n_chunks * chunk_len)[..., :length]
-
-
-@dataclass
-class _Steps:
-    """Scan inputs in step layout, in the compute dtype.
-
-    dt, du: (chunk_len, b, g, n_chunks, h) step sizes and dt * u; B, C: (chunk_len, b, g, n_chunks, n);
-    A: (g, 1, h, n) broadcastable against states (b, g, n_chunks, h, n); A_log2 = A * log2(e), so that a
-    decay exp(dt A) is exp2(dt A_log2), which torch evaluates about twice as fast as exp; dt_sums:
-    (b, g, n_chunks, h), the sum of dt over each chunk.
-    """
-
-    dt: torch.Tensor
-    du: torch.Tensor
-    B: torch.Tensor
-    C: torch.Tensor
-    A: torch.Tensor
-    A_log2: torch.Tensor
-    dt_sums: torch.Tensor
-
-    @property
-    def state_shape(self) -> tuple[int, ...]:
-        """Shape (b, g, n_chunks, h, n) of the states of all chunks at one step."""
-        _, b, g, n_chunks, h = self.dt.shape
-        return (b, g, n_chunks, h, self.A.shape[-1])
-
-    def chunk_decays(self) -> torch.Tensor:
-        """Total decay of each chunk, exp(A * sum_t dt_t): (b, g, n_chunks, h, n), every entry in [0, 1]."""
-        return torch.exp2(self.dt_sums.unsqueeze(-1) * self.A_log2)
-
-
-def _prepare_steps(
-    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_len: int
-) -> tuple[_Steps, torch.Tensor]:
-    """Convert u, dt (b, d, L), A (d, n) and grouped B, C (b, g, n, L) into the step layout.
-
-    Returns the steps and u in step layout (chunk_len, b, g, n_chunks, h).
-    """
-    groups = B.shape[1]
-    d, n = A.shape
-    A = A.view(groups, 1, d // groups, n)
-    dt_steps = _to_steps(dt, groups, chunk_len)
-    u_steps = _to_steps(u, groups, chunk_len)
-    dt_sums = _pad_to_chunks(dt, chunk_len).view(dt.shape[0], groups, d // groups, -1, chunk_len).sum(-1)
-    steps = _Steps(
-        dt=dt_steps,
-        du=dt_steps * u_steps,
-        B=_to_steps_contiguous(B.flatten(1, 2), groups, chunk_len),
-        C=_to_steps_contiguous(C.flatten(1, 2), groups, chunk_len),
-        A=A,
-        A_log2=A * LOG2_E,
-        dt_sums=dt_sums.transpose(2, 3),
-    )
-    return steps, u_steps
+def _chunk_view(x: torch.Tensor, groups: int, plan: _Plan) -> torch.Tensor:
+    """(b, c, padded L) or (b, g, c / g, padded L) -> view (b, g, c / g, n_chunks, T)."""
+    b = x.shape[0]
+    return x.view(b, groups, -1, plan.n_chunks, plan.chunk_len)
 
 
 def _use_matmul(x: torch.Tensor) -> bool:
@@ -140,192 +127,363 @@ def _use_matmul(x: torch.Tensor) -> bool:
     return x.device.type == "cpu"
 
 
-def _sum_over_state(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """sum_n x[..., h, n] * v[..., n] -> (..., h). On CPU it maps onto ``bmm`` without copies when the
-    leading dimensions of x and v are laid out alike."""
+def _sum_over_state(x: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[..., h] = sum_n v[..., n] * x[..., n, h]; x (..., n, h), v (..., n), out (..., h), all contiguous
+    with the same leading dimensions. On CPU one ``bmm`` of (1, n) rows with (n, h) states."""
+    n, h = x.shape[-2:]
     if _use_matmul(x):
-        return torch.einsum("...hn,...n->...h", x, v)
-    return (x * v.unsqueeze(-2)).sum(-1)
-
-
-def _sum_over_channels(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """sum_h x[..., h, n] * w[..., h] -> (..., n), the per-group reduction for the B and C gradients."""
-    if _use_matmul(x):
-        return torch.einsum("...hn,...h->...n", x, w)
-    return (x * w.unsqueeze(-1)).sum(-2)
-
-
-def _decay(steps: _Steps, t: int, out: torch.Tensor) -> torch.Tensor:
-    """exp(dt_t * A) for all chunks at step t, written into ``out`` (b, g, n_chunks, h, n)."""
-    torch.mul(steps.dt[t].unsqueeze(-1), steps.A_log2, out=out)
-    return out.exp2_()
-
-
-def _chunk_end_states(steps: _Steps) -> torch.Tensor:
-    """Pass 1: the state at the end of every chunk when each chunk starts from zero, (b, g, n_chunks, h, n)."""
-    state = steps.dt.new_zeros(steps.state_shape)
-    decay = torch.empty_like(state)
-    for t in range(steps.dt.shape[0]):
-        state.mul_(_decay(steps, t, decay))
-        state.addcmul_(steps.du[t].unsqueeze(-1), steps.B[t].unsqueeze(-2))
-    return state
-
-
-def _carry_forward(local_ends: torch.Tensor, chunk_decays: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 2: the true start state of every chunk (b, g, n_chunks, h, n) and the final state (b, g, h, n).
-
-    start_{i+1} = decay_i * start_i + local_end_i, start_0 = 0.
-    """
-    b, g, n_chunks, h, n = local_ends.shape
-    starts = local_ends.new_zeros(b, g, n_chunks + 1, h, n)
-    for i in range(n_chunks):
-        torch.addcmul(local_ends[:, :, i], chunk_decays[:, :, i], starts[:, :, i], out=starts[:, :, i + 1])
-    return starts[:, :, :-1], starts[:, :, -1]
-
-
-def _chunk_outputs(steps: _Steps, starts: torch.Tensor) -> torch.Tensor:
-    """Pass 3: rescan every chunk from its true start state.
-
-    Returns <C_t, h_t> in step layout (chunk_len, b, g, n_chunks, h).
-    """
-    state = starts.clone()
-    decay = torch.empty_like(state)
-    out = torch.empty_like(steps.dt)
-    for t in range(steps.dt.shape[0]):
-        state.mul_(_decay(steps, t, decay))
-        state.addcmul_(steps.du[t].unsqueeze(-1), steps.B[t].unsqueeze(-2))
-        out[t] = _sum_over_state(state, steps.C[t])
+        torch.bmm(v.view(-1, 1, n), x.view(-1, n, h), out=out.view(-1, 1, h))
+    else:
+        torch.sum(x * v.unsqueeze(-1), dim=-2, out=out)
     return out
 
 
-def _chunk_start_adjoints(steps: _Steps, grad_yc: torch.Tensor) -> torch.Tensor:
-    """Backward pass 1: the adjoint each chunk sends to the state before its first step, assuming no
-    adjoint enters the chunk from its end: (b, g, n_chunks, h, n).
-
-    grad_yc: (chunk_len, b, g, n_chunks, h), gradient with respect to <C_t, h_t>.
-    """
-    adjoint = steps.dt.new_zeros(steps.state_shape)
-    decay = torch.empty_like(adjoint)
-    for t in range(steps.dt.shape[0] - 1, -1, -1):
-        adjoint.addcmul_(grad_yc[t].unsqueeze(-1), steps.C[t].unsqueeze(-2))
-        adjoint.mul_(_decay(steps, t, decay))
-    return adjoint
-
-
-def _carry_backward(
-    local_starts: torch.Tensor, chunk_decays: torch.Tensor, grad_last: torch.Tensor | None
-) -> torch.Tensor:
-    """Backward pass 2: the adjoint entering each chunk from its end, (b, g, n_chunks, h, n).
-
-    end_{n_chunks-1} = grad_last (or 0); end_{i-1} = local_start_i + decay_i * end_i.
-    """
-    ends = torch.zeros_like(local_starts)
-    n_chunks = local_starts.shape[2]
-    if grad_last is not None:
-        ends[:, :, n_chunks - 1] = grad_last
-    for i in range(n_chunks - 1, 0, -1):
-        torch.addcmul(local_starts[:, :, i], chunk_decays[:, :, i], ends[:, :, i], out=ends[:, :, i - 1])
-    return ends
+def _sum_over_channels(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[..., n] = sum_h w[..., h] * x[..., n, h]; x (..., n, h), w (..., h), out (..., n), all contiguous
+    with the same leading dimensions; the per-group reduction for the B and C gradients. On CPU one ``bmm``
+    of (1, h) rows with the transposed (h, n) states."""
+    n, h = x.shape[-2:]
+    if _use_matmul(x):
+        torch.bmm(w.view(-1, 1, h), x.view(-1, n, h).transpose(1, 2), out=out.view(-1, 1, n))
+    else:
+        torch.sum(x * w.unsqueeze(-2), dim=-1, out=out)
+    return out
 
 
 @dataclass
-class _StepGrads:
-    """Gradients in step layout: with respect to dt and to u through the scan (the D skip is added
-    later), (chunk_len, b, g, n_chunks, h); B, C (chunk_len, b, g, n_chunks, n); A (g, h, n); and yc, the
-    recomputed <C_t, h_t> (chunk_len, b, g, n_chunks, h) that the gradient of z needs, or None when it is
-    not needed."""
+class _Sequences:
+    """Scan inputs as (b, g, c, n_chunks, T) views of zero-padded tensors in the compute dtype: dt, du = dt * u
+    (c = h) and B, C (c = n). A, A_log2: (g, n, h), A_log2 = A * log2(e), so that a decay exp(dt A) is
+    exp2(dt A_log2), which torch evaluates about twice as fast as exp."""
 
+    plan: _Plan
     dt: torch.Tensor
-    u: torch.Tensor
+    du: torch.Tensor
     B: torch.Tensor
     C: torch.Tensor
     A: torch.Tensor
-    yc: torch.Tensor | None
+    A_log2: torch.Tensor
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape (b, g, n, h) of one chunk's state."""
+        b, g, h = self.dt.shape[:3]
+        return (b, g, self.A.shape[1], h)
 
 
-def _block_slice(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Chunks [start, stop) of a step-layout tensor (chunk_len, b, g, n_chunks, c), contiguous."""
-    return x[:, :, :, start:stop].contiguous()
+def _prepare(
+    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int | None
+) -> _Sequences:
+    """u, dt (b, d, L), A (d, n) and grouped B, C (b, g, n, L) as the views the blocks read."""
+    b, groups, n, length = B.shape
+    d = A.shape[0]
+    plan = _make_plan(length, b * d * n, chunk_size, u.device)
+    A = A.view(groups, d // groups, n).transpose(1, 2).contiguous()
+    return _Sequences(
+        plan=plan,
+        dt=_chunk_view(_pad_steps(dt, plan), groups, plan),
+        du=_chunk_view(_pad_steps(dt * u, plan), groups, plan),
+        B=_chunk_view(_pad_steps(B, plan), groups, plan),
+        C=_chunk_view(_pad_steps(C, plan), groups, plan),
+        A=A,
+        A_log2=A * LOG2_E,
+    )
 
 
-class _BlockWorkspace:
-    """Three flat buffers reused by every backward block (states, decays, adjoints).
+def _view(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The first elements of a flat buffer as a contiguous tensor of ``shape``."""
+    return flat[: math.prod(shape)].view(shape)
 
-    Reusing them avoids paging in fresh memory for each block, which costs more than the arithmetic.
-    Each holds (chunk_len + 1) * b * d * chunks_per_block * n elements for the largest block.
+
+class _Workspace:
+    """Flat buffers reused by every block, so that no block pages in fresh memory (which costs more than the
+    arithmetic): ``count`` block buffers (T, K, b, g, n, h), four chunk-state buffers (K, b, g, n, h), a
+    step-layout buffer (T, K, b, g, c) per named sequence and two staging buffers for the copies.
+
+    Views of the buffers, whole or split into steps or chunks, are made once per number of chunks K (all
+    blocks but the last have the same) and reused: making them costs about as much as a small operation.
     """
 
-    def __init__(self, steps: _Steps, chunks_per_block: int) -> None:
-        chunk_len = steps.dt.shape[0]
-        b, g, _, h, n = steps.state_shape
-        numel = (chunk_len + 1) * b * g * chunks_per_block * h * n
-        self.buffers = [steps.dt.new_empty(numel) for _ in range(3)]
+    def __init__(self, seq: _Sequences, count: int, sequences: dict[str, int]) -> None:
+        plan = seq.plan
+        self.state_shape = seq.state_shape
+        self.chunk_len = plan.chunk_len
+        chunk_state = math.prod(self.state_shape)
+        steps = plan.chunks_per_block * plan.chunk_len
+        new = seq.dt.new_empty
+        self.blocks = [new(steps * chunk_state) for _ in range(count)]
+        self.chunk_states = [new(plan.chunks_per_block * chunk_state) for _ in range(4)]
+        b, g = self.state_shape[:2]
+        self.sequence_shapes = {name: (b, g, c) for name, c in sequences.items()}
+        self.sequences = {name: new(steps * b * g * c) for name, c in sequences.items()}
+        self.staging = [new(steps * b * g * max(sequences.values())) for _ in range(2)]
+        self.views: dict[tuple, torch.Tensor | tuple[torch.Tensor, ...]] = {}
 
-    def view(self, index: int, shape: tuple[int, ...]) -> torch.Tensor:
-        """Buffer ``index`` as a contiguous tensor of ``shape``."""
-        return self.buffers[index][: math.prod(shape)].view(shape)
+    def _cached(self, key: tuple, make: Callable[[], torch.Tensor | tuple[torch.Tensor, ...]]):
+        if key not in self.views:
+            self.views[key] = make()
+        return self.views[key]
+
+    def block(self, index: int, chunks: int) -> torch.Tensor:
+        """Block buffer ``index`` as a contiguous (T, K, b, g, n, h) tensor for K = ``chunks``."""
+        shape = (self.chunk_len, chunks, *self.state_shape)
+        return self._cached(("block", index, chunks), lambda: _view(self.blocks[index], shape))
+
+    def block_steps(self, index: int, chunks: int) -> tuple[torch.Tensor, ...]:
+        """The T steps (K, b, g, n, h) of block buffer ``index``."""
+        return self._cached(("block steps", index, chunks), lambda: self.block(index, chunks).unbind(0))
+
+    def chunk_state(self, index: int, chunks: int) -> torch.Tensor:
+        """Chunk-state buffer ``index`` as a contiguous (K, b, g, n, h) tensor."""
+        shape = (chunks, *self.state_shape)
+        return self._cached(("chunks", index, chunks), lambda: _view(self.chunk_states[index], shape))
+
+    def chunk_state_steps(self, index: int, chunks: int) -> tuple[torch.Tensor, ...]:
+        """The K chunks (b, g, n, h) of chunk-state buffer ``index``."""
+        return self._cached(("chunk steps", index, chunks), lambda: self.chunk_state(index, chunks).unbind(0))
+
+    def sequence(self, name: str, chunks: int) -> torch.Tensor:
+        """The step-layout buffer ``name`` as a contiguous (T, K, b, g, c) tensor."""
+        shape = (self.chunk_len, chunks, *self.sequence_shapes[name])
+        return self._cached(("sequence", name, chunks), lambda: _view(self.sequences[name], shape))
+
+    def sequence_steps(self, name: str, chunks: int) -> tuple[torch.Tensor, ...]:
+        """The T steps of the step-layout buffer ``name``, as (K, b, g, 1, c) views that broadcast over n."""
+        return self._cached(
+            ("sequence steps", name, chunks), lambda: self.sequence(name, chunks).unsqueeze(-2).unbind(0)
+        )
+
+    def gather(self, name: str, chunks_view: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Chunks [start, stop) of a (b, g, c, n_chunks, T) view, copied into the step-layout buffer ``name``.
+
+        A direct permuting copy reads one element per time row and is several times slower than three copies
+        that each move contiguous runs: to (K, b, g, c, T), then (K, T, b, g, c), then (T, K, b, g, c).
+        """
+        source = chunks_view[:, :, :, start:stop]
+        b, g, c, chunks, T = source.shape
+        by_chunk = _view(self.staging[0], (chunks, b, g, c, T)).copy_(source.permute(3, 0, 1, 2, 4))
+        by_step = _view(self.staging[1], (chunks, T, b, g, c)).copy_(by_chunk.permute(0, 4, 1, 2, 3))
+        return self.sequence(name, chunks).copy_(by_step.transpose(0, 1))
+
+
+def _scatter(steps: torch.Tensor, chunks_view: torch.Tensor, start: int, stop: int) -> None:
+    """Copy a step-layout (T, K, b, g, c) tensor back to chunks [start, stop) of a (b, g, c, n_chunks, T) view."""
+    chunks_view[:, :, :, start:stop].permute(4, 3, 0, 1, 2).copy_(steps)
+
+
+@dataclass
+class _Block:
+    """Chunks [start, stop) in step layout: dt, du (T, K, b, g, h), B, C (T, K, b, g, n), contiguous."""
+
+    start: int
+    stop: int
+    dt: torch.Tensor
+    du: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+
+    @property
+    def chunks(self) -> int:
+        return self.stop - self.start
+
+    @staticmethod
+    def gather(seq: _Sequences, workspace: _Workspace, start: int, stop: int) -> _Block:
+        names = ("dt", "du", "B", "C")
+        return _Block(start, stop, *(workspace.gather(name, getattr(seq, name), start, stop) for name in names))
+
+
+def _outer(channels: torch.Tensor, state: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """channels (..., h) times state (..., n) -> ``out`` (..., n, h)."""
+    return torch.mul(channels.unsqueeze(-2), state.unsqueeze(-1), out=out)
+
+
+def _block_decays(seq: _Sequences, block: _Block, out: torch.Tensor) -> torch.Tensor:
+    """exp(dt_t * A) for every step of the block, written into ``out`` (T, K, b, g, n, h)."""
+    torch.mul(block.dt.unsqueeze(-2), seq.A_log2, out=out)
+    return out.exp2_()
+
+
+def _chunk_decays(seq: _Sequences, block: _Block, workspace: _Workspace) -> tuple[torch.Tensor, ...]:
+    """Total decay of each chunk of the block, exp(A * sum_t dt_t), (b, g, n, h) each, entries in [0, 1]."""
+    torch.mul(block.dt.sum(0).unsqueeze(-2), seq.A_log2, out=workspace.chunk_state(3, block.chunks)).exp2_()
+    return workspace.chunk_state_steps(3, block.chunks)
+
+
+def _chunk_starts(
+    seq: _Sequences, block: _Block, decays: tuple[torch.Tensor, ...], drives: tuple[torch.Tensor, ...],
+    start: torch.Tensor, workspace: _Workspace,
+) -> torch.Tensor:
+    """True start state of every chunk of the block (K, b, g, n, h), given the block's start state; ``drives``:
+    the inputs dt_t u_t B_t of every step.
+
+    Scans every chunk from zero to its local end state (all chunks at once), then carries the state across
+    the chunk ends: start_{k+1} = decay_k * start_k + local_end_k.
+    """
+    chunks = block.chunks
+    starts = workspace.chunk_state(0, chunks)
+    starts[0] = start
+    if chunks == 1:
+        return starts
+    local = workspace.chunk_state(1, chunks).copy_(drives[0])
+    for decay, drive in zip(decays[1:], drives[1:], strict=True):
+        torch.addcmul(drive, decay, local, out=local)
+    local_ends, totals = workspace.chunk_state_steps(1, chunks), _chunk_decays(seq, block, workspace)
+    start_steps = workspace.chunk_state_steps(0, chunks)
+    for k in range(1, chunks):
+        torch.addcmul(local_ends[k - 1], totals[k - 1], start_steps[k - 1], out=start_steps[k])
+    return starts
+
+
+def _rescan(decays: tuple[torch.Tensor, ...], drives: tuple[torch.Tensor, ...], starts: torch.Tensor) -> None:
+    """Overwrite the inputs ``drives`` of every step with the states h_t, scanning from the chunks' true start
+    states: h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t."""
+    previous = starts
+    for decay, drive in zip(decays, drives, strict=True):
+        previous = torch.addcmul(drive, decay, previous, out=drive)
+
+
+def _sequence_sizes(seq: _Sequences, names: tuple[str, ...]) -> dict[str, int]:
+    """Channels per group of each named step-layout sequence: n for B, C and the outputs named "*_n", else h."""
+    n, h = seq.state_shape[2:]
+    return {name: n if name in ("B", "C") or name.endswith("_n") else h for name in names}
+
+
+def _forward_scan(seq: _Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+    """<C_t, h_t> (b, g, h, padded L) and the state at every block start and at the end, (n_blocks + 1, b, g,
+    n, h)."""
+    plan = seq.plan
+    b, g, n, h = seq.state_shape
+    workspace = _Workspace(seq, 2, _sequence_sizes(seq, ("dt", "du", "B", "C", "out_h")))
+    outputs = seq.dt.new_empty(b, g, h, plan.padded_length)
+    output_chunks = _chunk_view(outputs, g, plan)
+    boundaries = seq.dt.new_zeros(plan.n_blocks + 1, b, g, n, h)
+    for index, start, stop in plan.blocks():
+        block = _Block.gather(seq, workspace, start, stop)
+        _block_decays(seq, block, workspace.block(0, block.chunks))
+        decays = workspace.block_steps(0, block.chunks)
+        states = _outer(block.du, block.B, out=workspace.block(1, block.chunks))
+        drives = workspace.block_steps(1, block.chunks)
+        _rescan(decays, drives, _chunk_starts(seq, block, decays, drives, boundaries[index], workspace))
+        y = _sum_over_state(states, block.C, out=workspace.sequence("out_h", block.chunks))
+        _scatter(y, output_chunks, start, stop)
+        boundaries[index + 1] = drives[-1][-1]
+    return outputs, boundaries
+
+
+@dataclass
+class _Gradients:
+    """Gradients gathered over the blocks, (b, g, c, padded L): du = sum_n lambda_t B_t, the gradient with
+    respect to dt * u (it gives those of u and dt through the input dt u B); exponent = sum_n A *
+    dL/d(dt_t A), the gradient of dt through the decays; B, C (c = n); yc, the recomputed <C_t, h_t> that the
+    gradient of z needs (None when it is not needed); and A (g, n, h)."""
+
+    du: torch.Tensor
+    exponent: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    yc: torch.Tensor | None
+    A: torch.Tensor
+
+
+def _adjoint_ends(
+    seq: _Sequences, block: _Block, decays: tuple[torch.Tensor, ...], injections: tuple[torch.Tensor, ...],
+    entering: torch.Tensor, workspace: _Workspace,
+) -> torch.Tensor:
+    """The adjoint entering every chunk of the block from its end (K, b, g, n, h), given the adjoint
+    ``entering`` the block's end; ``injections``: C_t g_t of every step.
+
+    Scans every chunk backwards from a zero adjoint (all chunks at once) to the adjoint it sends to the state
+    before its first step, then carries across the chunks: end_{k-1} = local_start_k + decay_k * end_k.
+    """
+    chunks = block.chunks
+    ends = workspace.chunk_state(2, chunks)
+    ends[-1] = entering
+    if chunks == 1:
+        return ends
+    local = workspace.chunk_state(1, chunks).copy_(injections[-1])
+    for t in range(len(decays) - 2, -1, -1):
+        torch.addcmul(injections[t], decays[t + 1], local, out=local)
+    local.mul_(decays[0])
+    local_starts, totals = workspace.chunk_state_steps(1, chunks), _chunk_decays(seq, block, workspace)
+    end_steps = workspace.chunk_state_steps(2, chunks)
+    for k in range(chunks - 1, 0, -1):
+        torch.addcmul(local_starts[k], totals[k], end_steps[k], out=end_steps[k - 1])
+    return ends
 
 
 def _backward_block(
-    steps: _Steps,
-    u_steps: torch.Tensor,
-    grad_yc: torch.Tensor,
-    starts: torch.Tensor,
-    end_adjoints: torch.Tensor,
-    grads: _StepGrads,
-    workspace: _BlockWorkspace,
-    start: int,
-    stop: int,
-) -> None:
-    """Backward pass 3 for chunks [start, stop): recompute their states, rescan the adjoint from the true
-    end adjoints and accumulate every gradient into ``grads``."""
-    block = _Steps(
-        dt=_block_slice(steps.dt, start, stop),
-        du=_block_slice(steps.du, start, stop),
-        B=_block_slice(steps.B, start, stop),
-        C=_block_slice(steps.C, start, stop),
-        A=steps.A,
-        A_log2=steps.A_log2,
-        dt_sums=steps.dt_sums[:, :, start:stop],
-    )
-    grad_block = _block_slice(grad_yc, start, stop)
-    chunk_len = block.dt.shape[0]
-    states = workspace.view(0, (chunk_len + 1, *block.state_shape))
-    decays = workspace.view(1, (chunk_len, *block.state_shape))
-    adjoints = workspace.view(2, (chunk_len, *block.state_shape))
-    states[0] = starts[:, :, start:stop]
-    for t in range(chunk_len):
-        torch.mul(_decay(block, t, decays[t]), states[t], out=states[t + 1])
-        states[t + 1].addcmul_(block.du[t].unsqueeze(-1), block.B[t].unsqueeze(-2))
+    seq: _Sequences, block: _Block, grad: torch.Tensor, start_state: torch.Tensor, entering: torch.Tensor,
+    grads: _Gradients, workspace: _Workspace,
+) -> torch.Tensor:
+    """Recompute the block's states, scan its adjoint from ``entering`` (the adjoint of the block's end state)
+    and write or add every gradient of the block into ``grads``. Returns the adjoint of the block's start
+    state. ``grad``: the block's gradient with respect to <C_t, h_t>, (T, K, b, g, h).
+    """
+    plan = seq.plan
+    chunks = block.chunks
+    exponent_grad = _block_decays(seq, block, workspace.block(0, chunks))
+    decays = workspace.block_steps(0, chunks)
+    states = _outer(block.du, block.B, out=workspace.block(1, chunks))
+    drives = workspace.block_steps(1, chunks)
+    starts = _chunk_starts(seq, block, decays, drives, start_state, workspace)
+    _rescan(decays, drives, starts)
 
-    torch.addcmul(
-        end_adjoints[:, :, start:stop], grad_block[-1].unsqueeze(-1), block.C[-1].unsqueeze(-2),
-        out=adjoints[-1],
-    )
-    for t in range(chunk_len - 2, -1, -1):
-        torch.mul(decays[t + 1], adjoints[t + 1], out=adjoints[t])
-        adjoints[t].addcmul_(grad_block[t].unsqueeze(-1), block.C[t].unsqueeze(-2))
+    # The adjoint lambda_t = C_t g_t + exp(dt_{t+1} A) lambda_{t+1}, written over the injections C_t g_t.
+    # Once lambda_{t-1} is known, the decays of step t are replaced by the gradient with respect to their
+    # exponent dt_t * A, lambda_t * exp(dt_t A) * h_{t-1}, whose products with dt_t add up to that of A.
+    adjoints = _outer(grad, block.C, out=workspace.block(2, chunks))
+    injections = workspace.block_steps(2, chunks)
+    ends = _adjoint_ends(seq, block, decays, injections, entering, workspace)
+    injections[-1].add_(ends)
+    dt_steps = workspace.sequence_steps("dt", chunks)
+    grad_A = workspace.chunk_state(1, chunks).zero_()
+    for t in range(len(decays) - 1, 0, -1):
+        torch.addcmul(injections[t - 1], decays[t], injections[t], out=injections[t - 1])
+        grad_A.addcmul_(decays[t].mul_(injections[t]).mul_(drives[t - 1]), dt_steps[t])
+    leaving = decays[0].mul_(injections[0])[0].clone()
+    grad_A.addcmul_(decays[0].mul_(starts), dt_steps[0])
+    grads.A.add_(grad_A.sum((0, 1)))
 
-    states_after = states[1:]
-    grads.C[:, :, :, start:stop] = _sum_over_channels(states_after, grad_block)
+    def store(name: str, values: torch.Tensor) -> None:
+        _scatter(values, _chunk_view(getattr(grads, name), values.shape[3], plan), block.start, block.stop)
+
+    store("du", _sum_over_state(adjoints, block.B, out=workspace.sequence("out_h", chunks)))
+    store("B", _sum_over_channels(adjoints, block.du, out=workspace.sequence("out_n", chunks)))
+    store("C", _sum_over_channels(states, grad, out=workspace.sequence("out_n", chunks)))
     if grads.yc is not None:
-        grads.yc[:, :, :, start:stop] = _sum_over_state(states_after, block.C)
-    adjoint_dot_B = _sum_over_state(adjoints, block.B)
-    grads.u[:, :, :, start:stop] = block.dt * adjoint_dot_B
-    grads.B[:, :, :, start:stop] = _sum_over_channels(adjoints, block.du)
-    # Gradient with respect to the exponent dt_t * A of each decay: lambda_t * exp(dt_t A) * h_{t-1}.
-    exponent_grad = decays.mul_(states[:-1]).mul_(adjoints)
-    scratch = torch.mul(exponent_grad, block.dt.unsqueeze(-1), out=adjoints)
-    grads.A.add_(scratch.sum((0, 1, 3)))
-    dt_grad = exponent_grad.mul_(steps.A).sum(-1)
-    grads.dt[:, :, :, start:stop] = dt_grad.addcmul_(_block_slice(u_steps, start, stop), adjoint_dot_B)
+        store("yc", _sum_over_state(states, block.C, out=workspace.sequence("out_h", chunks)))
+    ones = workspace.sequence("ones_n", chunks)
+    store("exponent", _sum_over_state(exponent_grad.mul_(seq.A), ones, out=workspace.sequence("out_h", chunks)))
+    return leaving
 
 
-def _chunks_per_block(steps: _Steps) -> int:
-    """How many chunks one backward block holds so that a (chunk_len, b, g, chunks_per_block, h, n) buffer
-    stays within ``_BLOCK_ELEMENTS``."""
-    per_chunk = math.prod(steps.state_shape) // steps.state_shape[2] * steps.dt.shape[0]
-    return min(steps.state_shape[2], max(1, _BLOCK_ELEMENTS // per_chunk))
+def _backward_scan(
+    seq: _Sequences, boundaries: torch.Tensor, grad_yc: torch.Tensor, grad_last: torch.Tensor | None,
+    needs_yc: bool,
+) -> _Gradients:
+    """Walk the blocks from last to first; ``grad_yc`` (b, d, L) is the gradient with respect to <C_t, h_t>
+    and ``grad_last`` (b, g, n, h) the one of the last state (or None)."""
+    plan = seq.plan
+    b, g, n, h = seq.state_shape
+    grad_chunks = _chunk_view(_pad_steps(grad_yc, plan), g, plan)
+    new = seq.dt.new_empty
+    grads = _Gradients(
+        du=new(b, g, h, plan.padded_length),
+        exponent=new(b, g, h, plan.padded_length),
+        B=new(b, g, n, plan.padded_length),
+        C=new(b, g, n, plan.padded_length),
+        yc=new(b, g, h, plan.padded_length) if needs_yc else None,
+        A=seq.dt.new_zeros(g, n, h),
+    )
+    names = ("dt", "du", "B", "C", "grad", "out_h", "out_n", "ones_n")
+    workspace = _Workspace(seq, 3, _sequence_sizes(seq, names))
+    workspace.sequences["ones_n"].fill_(1)
+    entering = grad_last if grad_last is not None else seq.dt.new_zeros(b, g, n, h)
+    for index, start, stop in plan.blocks(reverse=True):
+        block = _Block.gather(seq, workspace, start, stop)
+        grad = workspace.gather("grad", grad_chunks, start, stop)
+        entering = _backward_block(seq, block, grad, boundaries[index], entering, grads, workspace)
+    return grads
 
 
 def _silu_grad(z: torch.Tensor) -> torch.Tensor:
@@ -335,8 +493,9 @@ def _silu_grad(z: torch.Tensor) -> torch.Tensor:
 
 
 def _softplus_grad(x: torch.Tensor) -> torch.Tensor:
-    """Derivative of softplus, which is the identity above ``SOFTPLUS_THRESHOLD``."""
-    return torch.where(x > SOFTPLUS_THRESHOLD, torch.ones_like(x), torch.sigmoid(x))
+    """Derivative of softplus, sigmoid(x). Above the softplus threshold (20), where softplus is the identity,
+    sigmoid(x) differs from 1 by less than 3e-9, which rounds to 1 in float32."""
+    return torch.sigmoid(x)
 
 
 class ChunkedSelectiveScan(torch.autograd.Function):
@@ -348,7 +507,7 @@ class ChunkedSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, delta_softplus: bool, chunk_len: int, *tensors: torch.Tensor | None
+        ctx, delta_softplus: bool, chunk_size: int | None, *tensors: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``tensors``: u, delta, A, B, C, D, z, delta_bias, with the shapes ``selective_scan_torch`` takes.
 
@@ -357,70 +516,56 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias = tensors
         with torch.autocast(device_type=u.device.type, enabled=False):
             dtype = _compute_dtype(u)
-            uf, Af, Bf, Cf = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
+            uf = u.to(dtype)
             dt = step_sizes(delta.to(dtype), _cast(delta_bias, dtype), delta_softplus)[1]
-            steps = _prepare_steps(uf, dt, Af, Bf, Cf, chunk_len)[0]
+            seq = _prepare(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype), chunk_size)
             del dt
-            starts, last_state = _carry_forward(_chunk_end_states(steps), steps.chunk_decays())
-            y = _from_steps(_chunk_outputs(steps, starts), u.shape[-1])
+            outputs, boundaries = _forward_scan(seq)
+            y = _unpad(outputs, u.shape[-1])
             if D is not None:
-                y = y + D.to(dtype)[:, None] * uf
+                y = y.addcmul_(D.to(dtype)[:, None], uf)
             if z is not None:
-                y = y * F.silu(z.to(dtype))
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
+                y = y.mul_(F.silu(z.to(dtype)))
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, boundaries[:-1])
         ctx.delta_softplus = delta_softplus
-        ctx.chunk_len = chunk_len
+        ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
-        return y, last_state.reshape(u.shape[0], A.shape[0], A.shape[1])
+        return y, boundaries[-1].transpose(2, 3).reshape(u.shape[0], A.shape[0], A.shape[1])
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor | None, grad_last: torch.Tensor | None):
-        u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, boundaries = ctx.saved_tensors
         with torch.autocast(device_type=u.device.type, enabled=False):
-            dtype = starts.dtype
-            length, groups = u.shape[-1], B.shape[1]
+            dtype = boundaries.dtype
+            length = u.shape[-1]
             uf = u.to(dtype)
             if grad_y is None:
                 grad_y = torch.zeros_like(uf)
             grad_y = grad_y.to(dtype)
             pre_softplus, dt = step_sizes(delta.to(dtype), _cast(delta_bias, dtype), ctx.delta_softplus)
-            steps, u_steps = _prepare_steps(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype), ctx.chunk_len)
-            del dt
-            grad_yc_full = grad_y if z is None else grad_y * F.silu(z.to(dtype))
-            grad_yc = _to_steps(grad_yc_full, groups, ctx.chunk_len)
+            seq = _prepare(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype), ctx.chunk_size)
+            grad_yc = grad_y if z is None else grad_y * F.silu(z.to(dtype))
+            b, g, n, h = seq.state_shape
+            last = None if grad_last is None else grad_last.to(dtype).view(b, g, h, n).transpose(2, 3).contiguous()
+            needs_yc = z is not None and ctx.needs_input_grad[_Z_INPUT]
+            grads = _backward_scan(seq, boundaries, grad_yc, last, needs_yc)
+            del seq
 
-            b, g, n_chunks, h, n = starts.shape
-            chunk_decays = steps.chunk_decays()
-            last = None if grad_last is None else grad_last.to(dtype).reshape(b, g, h, n)
-            end_adjoints = _carry_backward(_chunk_start_adjoints(steps, grad_yc), chunk_decays, last)
-            del chunk_decays
-            grads = _StepGrads(
-                dt=torch.empty_like(steps.dt),
-                u=torch.empty_like(steps.dt),
-                B=torch.empty_like(steps.B),
-                C=torch.empty_like(steps.C),
-                A=A.new_zeros(g, h, n, dtype=dtype),
-                yc=torch.empty_like(steps.dt) if z is not None and ctx.needs_input_grad[_Z_INPUT] else None,
-            )
-            per_block = _chunks_per_block(steps)
-            workspace = _BlockWorkspace(steps, per_block)
-            for start in range(0, n_chunks, per_block):
-                stop = min(start + per_block, n_chunks)
-                _backward_block(steps, u_steps, grad_yc, starts, end_adjoints, grads, workspace, start, stop)
-            del steps, u_steps, grad_yc, end_adjoints, workspace
-
-            grad_u = _from_steps(grads.u, length)
-            grad_dt = _from_steps(grads.dt, length)
+            grad_du = _unpad(grads.du, length)
+            grad_u = grad_du * dt
+            grad_delta = _unpad(grads.exponent, length).addcmul_(grad_du, uf)
+            if ctx.delta_softplus:
+                grad_delta.mul_(_softplus_grad(pre_softplus))
+            del grad_du, dt
             grad_D = grad_z = grad_bias = None
             if D is not None:
-                grad_u = grad_u + grad_yc_full * D.to(dtype)[:, None]
-                grad_D = (grad_yc_full * uf).sum((0, 2)).to(D.dtype)
+                grad_u.addcmul_(grad_yc, D.to(dtype)[:, None])
+                grad_D = (grad_yc * uf).sum((0, 2)).to(D.dtype)
             if grads.yc is not None:
-                skip = _from_steps(grads.yc, length)
+                skip = _unpad(grads.yc, length)
                 if D is not None:
-                    skip = skip + D.to(dtype)[:, None] * uf
+                    skip.addcmul_(D.to(dtype)[:, None], uf)
                 grad_z = (grad_y * skip * _silu_grad(z.to(dtype))).to(z.dtype)
-            grad_delta = grad_dt * _softplus_grad(pre_softplus) if ctx.delta_softplus else grad_dt
             if delta_bias is not None:
                 grad_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype)
         return (
@@ -428,13 +573,20 @@ class ChunkedSelectiveScan(torch.autograd.Function):
             None,
             grad_u.to(u.dtype),
             grad_delta.to(delta.dtype),
-            grads.A.reshape(A.shape).to(A.dtype),
-            _from_steps(grads.B, length).view(B.shape).to(B.dtype),
-            _from_steps(grads.C, length).view(C.shape).to(C.dtype),
+            grads.A.transpose(1, 2).reshape(A.shape).to(A.dtype),
+            _unpad(grads.B, length).view(B.shape).to(B.dtype),
+            _unpad(grads.C, length).view(C.shape).to(C.dtype),
             grad_D,
             grad_z,
             grad_bias,
         )
+
+
+def _unpad(x: torch.Tensor, length: int) -> torch.Tensor:
+    """(b, g, c, padded L) -> contiguous (b, g * c, L) without the padding."""
+    b, g, c, padded = x.shape
+    x = x.view(b, g * c, padded)
+    return x if padded == length else x[..., :length].contiguous()
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -453,12 +605,11 @@ def selective_scan_torch(
     delta_softplus: bool, return_last_state: bool, chunk_size: int | None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Chunked scan on validated tensors: u/delta/z (b, d, L), A (d, n), B/C grouped (b, g, n, L),
-    D/delta_bias (d,) or None; ``chunk_size`` steps per chunk (None: ``default_chunk_size(L)``).
+    D/delta_bias (d,) or None; ``chunk_size`` steps per chunk (None: chosen from L, the sizes and the device).
 
     Returns y (b, d, L) in the compute dtype (float32, or float64 for float64 inputs), and the last state
     (b, d, n) when ``return_last_state``.
     """
-    chunk_len = chunk_size if chunk_size is not None else default_chunk_size(u.shape[-1])
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    y, last_state = ChunkedSelectiveScan.apply(delta_softplus, chunk_len, *tensors)
+    y, last_state = ChunkedSelectiveScan.apply(delta_softplus, chunk_size, *tensors)
     return (y, last_state) if return_last_state else y
