@@ -3,16 +3,32 @@ networks from an nnU-Net plan."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 import os
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
+from torch._dynamo.eval_frame import OptimizedModule
 
 from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet
 from logvmamba_nnunet.networks.vmamba_encoder_2d import VMAMBA_TINY_WIDTHS
 from logvmamba_nnunet.networks.vmamba_unet_2d import LoGVMambaSwinUMamba2D, deep_supervision_scales_2d
+from logvmamba_nnunet.nnunet.checkpoints import (
+    DEFAULT_NONFINITE_PATIENCE,
+    DivergenceGuard,
+    TrainingDivergedError,
+    atomic_file,
+    divergence_message,
+    nonfinite_tensors,
+    resume_sentence,
+)
 from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
 
 
@@ -24,6 +40,11 @@ class PluginTrainer(nnUNetTrainer):
     nnU-Net's ``num_epochs``, ``initial_lr``, ``weight_decay`` and so on. ``torch.compile`` is used only when
     ``nnUNet_compile`` explicitly asks for it (nnU-Net's default is to compile on CUDA, which these networks do not
     need and which the peers' users report failing).
+
+    Reliability (``logvmamba_nnunet.nnunet.checkpoints``): checkpoints are written to a temporary file and renamed
+    into place, so a kill at any moment leaves the previous checkpoint loadable for ``--c``; weights with nan/inf
+    values are never saved; ``nonfinite_loss_patience`` non-finite training losses in a row stop training with
+    :class:`TrainingDivergedError`, without saving, naming the checkpoint to resume from and what to change.
     """
 
     epochs: int = 1000
@@ -31,6 +52,7 @@ class PluginTrainer(nnUNetTrainer):
     val_iterations_per_epoch: int = 50
     learning_rate: float | None = None
     optimizer_weight_decay: float | None = None
+    nonfinite_loss_patience: int = DEFAULT_NONFINITE_PATIENCE
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -42,6 +64,97 @@ class PluginTrainer(nnUNetTrainer):
             self.initial_lr = self.learning_rate
         if self.optimizer_weight_decay is not None:
             self.weight_decay = self.optimizer_weight_decay
+        self.divergence_guard = DivergenceGuard(self.nonfinite_loss_patience)
+        self._guard_epoch, self._guard_iteration = None, 0
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's training step, then the divergence guard on its loss."""
+        if self._guard_epoch != self.current_epoch:
+            self._guard_epoch, self._guard_iteration = self.current_epoch, 0
+        iteration = self._guard_iteration
+        self._guard_iteration += 1
+        result = super().train_step(batch)
+        self._check_training_loss(float(np.mean(result["loss"])), iteration)
+        return result
+
+    def _check_training_loss(self, loss: float, iteration: int) -> None:
+        """Raise :class:`TrainingDivergedError` after ``nonfinite_loss_patience`` non-finite losses in a row (under
+        DDP a loss counts as non-finite when any rank's is, so that every rank stops at the same iteration)."""
+        if self.is_ddp:
+            flag = torch.tensor(0.0 if math.isfinite(loss) else 1.0, device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0 and math.isfinite(loss):
+                loss = math.nan
+        if self.divergence_guard.update(loss, self.current_epoch, iteration):
+            message = divergence_message(self.divergence_guard, self.current_epoch, iteration,
+                                         self.num_iterations_per_epoch, self.last_good_checkpoint(),
+                                         self.divergence_remedies())
+            self.print_to_log_file(message)
+            raise TrainingDivergedError(message)
+
+    def divergence_remedies(self) -> str:
+        """What to change after a divergence (the end of :class:`TrainingDivergedError`'s message)."""
+        return (f"train in fp32 without mixed precision (-tr nnUNetTrainerLoGVMamba_NoAMP for the LoG-VMamba "
+                f"recipe, or a subclass of {type(self).__name__} with force_fp32 = True), or lower the learning "
+                f"rate (a subclass with learning_rate = {self.initial_lr / 10:g}; it is {self.initial_lr:g} now), "
+                "then train from the start or from the last good checkpoint.")
+
+    def last_good_checkpoint(self) -> Path | None:
+        """The checkpoint ``nnUNetv2_train --c`` resumes from (final, else latest, else best), or None."""
+        for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
+            path = Path(self.output_folder) / name
+            if path.is_file():
+                return path
+        return None
+
+    def _nonfinite_weights(self) -> list[str]:
+        network = self.network.module if self.is_ddp else self.network
+        if isinstance(network, OptimizedModule):
+            network = network._orig_mod
+        return nonfinite_tensors(network.state_dict())
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint (the same dict, on local rank 0 unless checkpointing is disabled), written to a
+        temporary file in the same folder, fsynced and renamed onto ``filename``. Not written at all after a
+        divergence or when a weight is nan/inf: the file already there stays the last good checkpoint."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)  # writes nothing (nnU-Net says so when checkpointing is disabled)
+            return
+        if self.divergence_guard.diverged:
+            self.print_to_log_file(f"{filename} not written: training diverged.")
+            return
+        nonfinite = self._nonfinite_weights()
+        if nonfinite:
+            self.print_to_log_file(f"{filename} not written: {len(nonfinite)} weight tensor(s) hold nan/inf "
+                                   f"values (e.g. {nonfinite[0]}); the checkpoint already there is kept.")
+            return
+        with atomic_file(filename) as temporary:
+            super().save_checkpoint(str(temporary))
+
+    def run_training(self):
+        """nnU-Net's training loop; after a divergence the data loaders are shut down before the error propagates,
+        so that their worker threads do not bury its message under their own errors."""
+        try:
+            super().run_training()
+        except TrainingDivergedError:
+            for loader in (self.dataloader_train, self.dataloader_val):
+                finish = getattr(loader, "_finish", None)
+                if callable(finish):
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        finish()
+            raise
+
+    def on_train_end(self):
+        """Stop with :class:`TrainingDivergedError` instead of saving non-finite final weights (nnU-Net would then also
+        delete checkpoint_latest.pth, the last good one)."""
+        nonfinite = self._nonfinite_weights()  # the same on every DDP rank
+        if nonfinite:
+            message = (f"training diverged: after the last epoch {len(nonfinite)} weight tensor(s) hold nan/inf "
+                       f"values (e.g. {nonfinite[0]}); checkpoint_final.pth was not written. "
+                       f"{resume_sentence(self.last_good_checkpoint())} Remedies: {self.divergence_remedies()}")
+            self.print_to_log_file(message)
+            raise TrainingDivergedError(message)
+        super().on_train_end()
 
     def _do_i_compile(self) -> bool:
         """torch.compile only when ``nnUNet_compile`` explicitly asks for it (and nnU-Net allows it)."""
