@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
+import zlib
 from pathlib import Path
+
+from logvmamba_nnunet.cli.validation import (
+    UserInputError,
+    report,
+    require_folder,
+    require_output_folder,
+    user_errors,
+)
 
 # subcommand -> (module in logvmamba_nnunet.evaluation.converters, converter function, description)
 CONVERTERS = {
@@ -57,6 +65,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except UserInputError as error:
+        report(f"convert {args.dataset}", error)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     from logvmamba_nnunet.evaluation.converters.dataset_folder import install_splits, resolve_dataset_folder
@@ -68,14 +84,23 @@ def run(args: argparse.Namespace) -> int:
         options["test_source"] = args.test_input
     if getattr(args, "no_crop", False):
         options["crop"] = False
-    try:
+    layout = f"pass the {args.dataset} folder as downloaded (see logvmamba-nnunet convert {args.dataset} --help)"
+    require_folder(args.input, "input folder", layout)
+    if getattr(args, "test_input", None) is not None:
+        require_folder(args.test_input, "--test-input folder", layout)
+    with user_errors():
         target = resolve_dataset_folder(args.dataset_id, args.output, module.DEFAULT_DATASET_ID,
                                         module.DEFAULT_DATASET_NAME, nnUNet_raw.get())
-        folder = getattr(module, function_name)(args.input, target, overwrite=args.overwrite, **options)
-        splits = install_splits(folder, nnUNet_preprocessed.get(), args.overwrite)
-    except (ValueError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    require_output_folder(target.parent, "output folder")
+    if target.resolve() == args.input.resolve() or target.resolve() in args.input.resolve().parents:
+        raise UserInputError(f"output folder {target} is the input folder or contains it; write the converted "
+                             "dataset elsewhere (-o or -d)")
+    try:
+        with user_errors():
+            folder = getattr(module, function_name)(args.input, target, overwrite=args.overwrite, **options)
+            splits = install_splits(folder, nnUNet_preprocessed.get(), args.overwrite)
+    except (OSError, EOFError, zlib.error, RuntimeError) as error:
+        raise _file_error(error, args, target) from None
     print(f"wrote {folder}")
     if splits is not None:
         print(f"wrote {splits} (cross-validation splits nnU-Net will use)")
@@ -83,3 +108,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: copy {folder / 'splits_final.json'} to $nnUNet_preprocessed/{folder.name}/ before "
               "training so that nnU-Net uses these splits.")
     return 0
+
+
+def _file_error(error: BaseException, args: argparse.Namespace, target: Path) -> BaseException:
+    """A UserInputError for a file the conversion could not read or write; other errors unchanged (bugs)."""
+    if isinstance(error, RuntimeError) and not str(error).startswith("Exception thrown in SimpleITK"):
+        return error
+    name = getattr(error, "filename", None)
+    inputs = [args.input.resolve()] + ([args.test_input.resolve()] if getattr(args, "test_input", None) else [])
+    if isinstance(error, OSError) and name is not None and not any(
+            folder == Path(name).resolve() or folder in Path(name).resolve().parents for folder in inputs):
+        return UserInputError(f"cannot write {name}: {error.strerror or error}; check the free space and the "
+                              f"permissions of {target.parent}")
+    return UserInputError(f"cannot read {name or 'an input file'}: {error}; the download may be incomplete or "
+                          f"damaged: download {args.dataset} again")

@@ -10,6 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from logvmamba_nnunet.cli.validation import (
+    PROG,
+    UserInputError,
+    reports_user_errors,
+    require_at_least,
+    require_output_folder,
+    user_errors,
+)
 from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, with_ext_trainer_folder
 
 DEMO_TRAINER = "nnUNetTrainerLoGVMamba_Demo"
@@ -74,10 +82,49 @@ def dice_table(summary_file: Path, label_names: dict[str, int]) -> str:
     return "\n".join(rows)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything the demo can check before it starts (it runs for minutes): raise UserInputError."""
+    from logvmamba_nnunet.data.safe_output import check_destination
+
+    with user_errors():
+        check_destination(Path(args.output).resolve(), args.overwrite, "demo output folder")
+    require_output_folder(Path(args.output).resolve().parent, "demo output folder")
+    if not 1 <= args.dataset_id <= 999:
+        raise UserInputError(f"--dataset-id must be between 1 and 999 (nnU-Net's DatasetXXX), got {args.dataset_id}")
+    require_at_least("--num-train", args.num_train, 5, "nnU-Net's 5-fold cross-validation needs 5 training cases")
+    require_at_least("--num-test", args.num_test, 1, "the demo evaluates on the held-out cases")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError("--device cuda, but torch sees no CUDA device; use --device cpu, or install a "
+                                 "CUDA build of torch (logvmamba-nnunet doctor shows what is installed)")
+    if args.trainer != DEMO_TRAINER:
+        _check_trainer(args.trainer)
+
+
+def _check_trainer(name: str) -> None:
+    """UserInputError unless nnU-Net's lookup finds trainer ``name`` with the environment the demo gives it."""
+    from logvmamba_nnunet.profiling.profile import find_trainer_class
+
+    previous = os.environ.get(EXT_TRAINER_ENV)
+    os.environ[EXT_TRAINER_ENV] = with_ext_trainer_folder(previous)
+    try:
+        with user_errors():
+            find_trainer_class(name)
+    finally:
+        if previous is None:
+            del os.environ[EXT_TRAINER_ENV]
+        else:
+            os.environ[EXT_TRAINER_ENV] = previous
+
+
+@reports_user_errors("demo", status=1)
 def run(args: argparse.Namespace) -> int:
     from logvmamba_nnunet.data.safe_output import staged_folder
     from logvmamba_nnunet.data.synthetic import make_synthetic_dataset
 
+    check_arguments(args)
     destination = Path(args.output).resolve()
     start = time.perf_counter()
     try:
@@ -107,8 +154,10 @@ def run(args: argparse.Namespace) -> int:
             table = dice_table(predictions / "summary.json",
                                json.loads((dataset / "dataset.json").read_text())["labels"])
             (root / "dice_table.txt").write_text(table + "\n")
-    except (FileExistsError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except FileExistsError as error:  # the output folder appeared meanwhile
+        raise UserInputError(str(error)) from None
+    except RuntimeError as error:  # a step failed; the message ends with that step's last output lines
+        print(f"{PROG} demo: error: {error}", file=sys.stderr)
         return 1
     print(f"\nDice on {args.num_test} held-out synthetic cases ({args.trainer}, fold 0):\n{table}")
     print(f"\nwall time: {time.perf_counter() - start:.0f} s")

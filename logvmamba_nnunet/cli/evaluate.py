@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from logvmamba_nnunet.cli.validation import (
+    UserInputError,
+    reports_user_errors,
+    require_at_least,
+    require_folder,
+    require_output_folder,
+    require_positive,
+    user_errors,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -46,22 +55,34 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+@reports_user_errors("evaluate")
 def run(args: argparse.Namespace) -> int:
     from nnunetv2.configuration import default_num_processes
 
     from logvmamba_nnunet.evaluation.evaluate import evaluate_folders
     from logvmamba_nnunet.evaluation.report import format_table, summarize, write_reports
 
+    require_folder(args.pred_folder, "prediction folder", "pass the folder nnUNetv2_predict wrote")
+    require_folder(args.ref_folder, "reference folder", "pass the dataset's labelsTr or labelsTs folder")
+    if args.instance_ref is not None:
+        require_folder(args.instance_ref, "instance reference folder",
+                       "pass the instancesTs folder that `logvmamba-nnunet convert neurips-cell` wrote")
+    require_positive("--nsd-tolerance-mm", args.nsd_tolerance_mm)
+    if args.hd95_empty_penalty_mm is not None:
+        require_positive("--hd95-empty-penalty-mm", args.hd95_empty_penalty_mm)
+    if args.num_processes is not None:
+        require_at_least("--num-processes", args.num_processes, 1)
+    if not 0 < args.instance_iou_threshold <= 1:
+        raise UserInputError(f"--instance-iou-threshold must be in (0, 1], got {args.instance_iou_threshold:g}")
+    require_at_least("--instance-border-margin", args.instance_border_margin, 0)
+    out_prefix = args.out if args.out is not None else args.pred_folder / "evaluation"
+    require_output_folder(Path(out_prefix).parent, "output prefix folder")
     num_processes = default_num_processes if args.num_processes is None else args.num_processes
-    try:
+    with user_errors():
         evaluation = evaluate_folders(args.pred_folder, args.ref_folder, args.dataset_json,
                                       args.nsd_tolerance_mm, args.hd95_empty_penalty_mm, num_processes,
                                       args.instance_ref, args.instance_iou_threshold,
                                       args.instance_border_margin)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    out_prefix = args.out if args.out is not None else args.pred_folder / "evaluation"
     files = write_reports(evaluation, out_prefix)
     print(format_table(summarize(evaluation), args.nsd_tolerance_mm))
     if evaluation.references_without_prediction:

@@ -1,4 +1,10 @@
-"""Entry point of the ``logvmamba-nnunet`` command: one sub-module per subcommand, imported lazily."""
+"""Entry point of the ``logvmamba-nnunet`` command: one sub-module per subcommand, imported lazily.
+
+User errors end the command with one line on stderr and a non-zero exit status (``cli.validation``): argument
+errors as ``logvmamba-nnunet <command>: error: ...`` with exit status 2 (argparse's convention, without its usage
+block), and a :class:`~logvmamba_nnunet.cli.validation.UserInputError` the same way. Other exceptions are bugs
+and show their traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from logvmamba_nnunet.cli.validation import UserInputError, one_line, report
 
 # subcommand -> module in logvmamba_nnunet.cli exposing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS = {
@@ -19,8 +27,15 @@ SUBCOMMANDS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser (and, through ``add_subparsers``, every subparser) whose errors are one line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="logvmamba-nnunet",
         description="LoG-VMamba for nnU-Net v2: checks, trainer discovery, demo, synthetic data, evaluation and "
                     "dataset conversion. Training and prediction use nnU-Net's own commands with "
@@ -34,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserInputError as error:
+        report(args.command, error)
+        return 2
 
 
 if __name__ == "__main__":

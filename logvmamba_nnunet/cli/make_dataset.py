@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from logvmamba_nnunet.cli.validation import (
+    UserInputError,
+    reports_user_errors,
+    require_at_least,
+    require_output_folder,
+    user_errors,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -28,17 +35,20 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+@reports_user_errors("make-dataset")
 def run(args: argparse.Namespace) -> int:
     from logvmamba_nnunet.data.synthetic import make_synthetic_dataset
+    from logvmamba_nnunet.evaluation.converters.dataset_folder import dataset_folder_name
 
     if not args.raw_dir:
-        print("error: no raw folder: pass --raw-dir or set nnUNet_raw.", file=sys.stderr)
-        return 2
-    try:
+        raise UserInputError("no raw folder: nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw or pass "
+                             "--raw-dir")
+    require_output_folder(args.raw_dir, "raw folder")
+    require_at_least("--num-train", args.num_train, 2, "nnU-Net needs cases to split")
+    require_at_least("--num-test", args.num_test, 0)
+    with user_errors():
+        dataset_folder_name(args.dataset_id, args.name)  # nnU-Net's rules for the id and the name
         folder = make_synthetic_dataset(args.raw_dir, args.dataset_id, args.name, args.dims, args.num_train,
                                         args.num_test, args.size, args.seed, args.overwrite)
-    except (ValueError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     print(f"wrote {folder}")
     return 0

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 from pathlib import Path
+
+from logvmamba_nnunet.cli.validation import (
+    UserInputError,
+    load_json_object,
+    reports_user_errors,
+    require_at_least,
+    require_environment,
+    require_output_folder,
+    user_errors,
+)
 
 DEFAULT_TRAINERS = ["nnUNetTrainer", "nnUNetTrainerUMambaEnc", "nnUNetTrainerUMambaBot", "nnUNetTrainerVSSMamba",
                     "nnUNetTrainerLVMamba", "nnUNetTrainerGVMamba", "nnUNetTrainerLoGVMamba"]
@@ -39,40 +46,82 @@ def load_plan(args: argparse.Namespace) -> tuple[dict, str, int, int]:
     if args.patch:
         from logvmamba_nnunet.nnunet.synthetic_plans import synthetic_plans
 
+        if len(args.patch) not in (2, 3) or min(args.patch) < 1:
+            sizes = " ".join(map(str, args.patch))
+            raise UserInputError(f"--patch needs 2 or 3 positive sizes (Y X or Z Y X), got {sizes}")
+        require_at_least("--channels", args.channels, 1)
+        require_at_least("--classes", args.classes, 1)
         return synthetic_plans(args.patch), "synthetic", args.channels, args.classes
     if not args.dataset:
-        raise ValueError("give a dataset (-d, with -c/-p) or a patch size (--patch).")
-    if not os.environ.get("nnUNet_preprocessed"):
-        raise ValueError("nnUNet_preprocessed is not set; export it or use --patch.")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+        raise UserInputError("give a dataset (-d, with -c/-p) or a patch size (--patch)")
+    root = Path(require_environment("nnUNet_preprocessed", "profile -d reads the dataset's plans",
+                                    "use --patch instead of -d"))
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    folder = Path(os.environ["nnUNet_preprocessed"]) / maybe_convert_to_dataset_name(args.dataset)
+    folder = root / _dataset_name(args.dataset, root)
     plans_file = folder / f"{args.plans}.json"
     if not plans_file.exists():
-        raise ValueError(f"{plans_file} does not exist: run nnUNetv2_plan_and_preprocess first or check -p.")
-    plans = json.loads(plans_file.read_text())
+        raise UserInputError(f"{plans_file} does not exist: run nnUNetv2_plan_and_preprocess -d {args.dataset} "
+                             "first, or check -p")
+    fix = f"run nnUNetv2_plan_and_preprocess -d {args.dataset} again"
+    plans = load_json_object(plans_file, "plans file", fix)
+    if not isinstance(plans.get("configurations"), dict):
+        raise UserInputError(f"{plans_file} has no 'configurations'; {fix}")
     if args.configuration not in plans["configurations"]:
-        raise ValueError(f"configuration {args.configuration!r} is not in {plans_file.name}; it has "
-                         f"{', '.join(plans['configurations'])}.")
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+        raise UserInputError(f"configuration {args.configuration!r} is not in {plans_file.name}; it has "
+                             f"{', '.join(plans['configurations'])}")
+    dataset_json = load_json_object(folder / "dataset.json", "dataset.json", fix)
     channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
     heads = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
     return plans, args.configuration, channels, heads
 
 
+def _dataset_name(dataset: str, preprocessed: Path) -> str:
+    """nnU-Net's dataset name for an id or a name; UserInputError naming where it looked when it is unknown."""
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    if dataset.startswith("Dataset"):
+        return dataset
+    if not dataset.isdigit():
+        raise UserInputError(f"-d {dataset}: give a dataset id (e.g. 501) or name (e.g. Dataset501_Name)")
+    candidates = [str(c) for c in find_candidate_datasets(int(dataset))]
+    if not candidates:
+        found = sorted(p.name for p in preprocessed.glob("Dataset*") if p.is_dir())
+        raise UserInputError(f"unknown dataset id {dataset}: no Dataset{int(dataset):03d}_* folder in nnUNet_raw, "
+                             f"nnUNet_preprocessed ({preprocessed}) or nnUNet_results; check the id (preprocessed "
+                             f"datasets: {', '.join(found) or 'none'})")
+    if len(candidates) > 1:
+        raise UserInputError(f"dataset id {dataset} is used by several folders ({', '.join(candidates)}); nnU-Net "
+                             "needs unique ids: rename or remove all but one, or pass the full name to -d")
+    return candidates[0]
+
+
+@reports_user_errors("profile")
 def run(args: argparse.Namespace) -> int:
+    from logvmamba_nnunet.data.safe_output import staged_files
     from logvmamba_nnunet.profiling.profile import format_table, profile_trainers
 
-    try:
-        plans, configuration, channels, classes = load_plan(args)
+    require_at_least("--repeats", args.repeats, 1)
+    if args.time == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError("--time cuda, but torch sees no CUDA device; use --time cpu")
+    if args.out:
+        out = Path(args.out).resolve()
+        require_output_folder(out.parent, "--out")
+        if not out.parent.is_dir():
+            raise UserInputError(f"--out {args.out}: the folder {out.parent} does not exist; create it or choose "
+                                 "another file")
+        if out.is_dir():
+            raise UserInputError(f"--out {args.out} is a folder; give a file name, e.g. {out / 'profile.md'}")
+    plans, configuration, channels, classes = load_plan(args)
+    with user_errors():
         rows = profile_trainers(args.trainers, plans, configuration, channels, classes, args.time, args.repeats)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     patch = tuple(plans["configurations"][configuration]["patch_size"])
     table = format_table(rows, patch, args.time)
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        with staged_files([args.out]) as (temporary,):
+            temporary.write_text(table + "\n")
     return 0

@@ -2,15 +2,17 @@
 
 A folder is written under a temporary name next to its destination and renamed into place when complete. A
 marker file records that this package created it; only such folders may be replaced (with ``overwrite``), and
-never a folder without the marker.
+never a folder without the marker. Output files (:func:`staged_files`) are written under temporary names next to
+their destinations and renamed onto them only when all of them are complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 MARKER = ".created_by_logvmamba_nnunet"
@@ -57,3 +59,32 @@ def staged_folder(destination: Path, overwrite: bool, what: str) -> Iterator[Pat
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+@contextlib.contextmanager
+def staged_files(destinations: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Yield one temporary path beside each destination (same folder, hidden name); when the block has written
+    them all, each replaces its destination (``os.replace``). On error the temporary files are removed and no
+    destination is touched, so a failure never leaves a partial file or half-updated results."""
+    destinations = [Path(d) for d in destinations]
+    staging: list[Path] = []
+    try:
+        for destination in destinations:
+            descriptor, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial",
+                                                dir=destination.parent)
+            os.close(descriptor)
+            staging.append(Path(name))
+        yield staging
+        for temporary, destination in zip(staging, destinations, strict=True):
+            os.chmod(temporary, 0o666 & ~_umask())  # the permissions of a file created normally
+            os.replace(temporary, destination)
+    finally:
+        for temporary in staging:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

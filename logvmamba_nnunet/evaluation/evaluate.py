@@ -6,13 +6,19 @@ evaluate come from ``dataset.json`` ``labels``: an integer entry is one label, a
 union of its labels), as in nnU-Net's region-based training (BraTS). Voxels labelled ``ignore`` in the
 reference count as background in both maps.
 
+Bad input raises ``ValueError`` with a message that names the file and the fix: a missing folder or dataset.json, a
+damaged image (truncated NIfTI or PNG), a prediction whose grid (shape, spacing) differs from its reference's,
+label values that dataset.json does not define.
+
 For the cell dataset an instance evaluation can be added: the predicted interior/boundary map is turned into
 instances (:mod:`logvmamba_nnunet.evaluation.instances`) and matched to the reference instance maps.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +110,15 @@ def targets_from_dataset_json(dataset_json: dict) -> list[Target]:
     return targets
 
 
+def label_values_of(dataset_json: dict) -> set[int]:
+    """Every value a segmentation of the dataset may hold: all labels of dataset.json, background and ignore
+    included (for regions: every label a region lists)."""
+    values = set()
+    for value in dataset_json["labels"].values():
+        values.update(int(v) for v in value) if isinstance(value, (list, tuple)) else values.add(int(value))
+    return values
+
+
 def _ignore_label_of(dataset_json: dict) -> int | None:
     """The ``ignore`` label of dataset.json, or None."""
     value = dataset_json["labels"].get("ignore")
@@ -144,21 +159,69 @@ def _find_instance_file(folder: Path, case: str) -> Path:
                      f"{', '.join(case + s for s in INSTANCE_FILE_SUFFIXES)}).")
 
 
+def _check_nifti_complete(path: Path) -> None:
+    """ValueError if the NIfTI file ``path`` is truncated or damaged (SimpleITK reads a truncated .nii.gz
+    without complaint, so nibabel reads it once fully)."""
+    import nibabel
+
+    try:
+        np.asanyarray(nibabel.load(str(path)).dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as error:
+        raise ValueError(f"cannot read {path}: {' '.join(str(error).split())} (the file is truncated or damaged); "
+                         "write or copy it again.") from None
+
+
+def read_segmentation(reader: BaseReaderWriter, path: Path) -> tuple[np.ndarray, dict]:
+    """``reader.read_seg(path)``, with a damaged or unreadable file reported as a ValueError that names it."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
+    try:
+        return reader.read_seg(str(path))
+    except (RuntimeError, OSError, EOFError, SyntaxError, zlib.error) as error:  # SimpleITK, PIL, gzip
+        raise ValueError(f"cannot read {path}: {' '.join(str(error).split())[:300]} (the file is damaged or not "
+                         "an image of the dataset's file_ending); write or copy it again.") from None
+
+
+def _dimensions(shape: tuple[int, ...]) -> str:
+    """'3D (20x30x40)' or '2D (30x40)' for nnU-Net's (X, Y, Z) layout, where 2D images have X = 1."""
+    spatial = shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
+    return f"{len(spatial)}D ({'x'.join(map(str, spatial))})"
+
+
+def check_label_values(case: str, segmentation: np.ndarray, path: Path, role: str, allowed: set[int]) -> None:
+    """ValueError if ``segmentation`` holds a value that is not a label of dataset.json."""
+    unknown = sorted(int(v) for v in np.unique(segmentation) if int(v) not in allowed or v != int(v))
+    if unknown:
+        raise ValueError(f"case {case}: {role} {path} holds label value(s) {unknown[:10]} that dataset.json does "
+                         f"not define (its labels: {sorted(allowed)}); pass the dataset.json of the dataset the "
+                         "files belong to (-d), or fix the file.")
+
+
 def evaluate_case(case: str, pred_file: Path, ref_file: Path, reader_writer_class: type[BaseReaderWriter],
                   targets: Sequence[Target], nsd_tolerance_mm: float, hd95_penalty_mm: float | None,
-                  ignore_label: int | None, instance_settings: InstanceSettings | None) -> CaseResult:
-    """Read one prediction/reference pair (nnU-Net layout (1, X, Y, Z); 2D images have X = 1) and score it."""
+                  ignore_label: int | None, instance_settings: InstanceSettings | None,
+                  label_values: set[int] | None = None) -> CaseResult:
+    """Read one prediction/reference pair (nnU-Net layout (1, X, Y, Z); 2D images have X = 1) and score it.
+
+    ``label_values``: the values the maps may hold (every label of dataset.json); None skips that check.
+    """
     reader = reader_writer_class()
-    pred, pred_properties = reader.read_seg(str(pred_file))
-    ref, ref_properties = reader.read_seg(str(ref_file))
+    pred, pred_properties = read_segmentation(reader, pred_file)
+    ref, ref_properties = read_segmentation(reader, ref_file)
     spacing = tuple(float(s) for s in ref_properties["spacing"])
+    fix = "predictions must be on their reference's grid (nnUNetv2_predict writes them so); check both folders."
     if pred.shape != ref.shape:
-        raise ValueError(f"case {case}: prediction shape {pred.shape[1:]} differs from reference shape "
-                         f"{ref.shape[1:]} ({pred_file}, {ref_file}).")
+        raise ValueError(f"case {case}: prediction shape {pred.shape[1:]}, {_dimensions(pred.shape[1:])}, differs "
+                         f"from reference shape {ref.shape[1:]}, {_dimensions(ref.shape[1:])} ({pred_file}, "
+                         f"{ref_file}); {fix}")
     if not np.allclose(pred_properties["spacing"], spacing, rtol=1e-4):
-        raise ValueError(f"case {case}: prediction spacing {tuple(pred_properties['spacing'])} differs from "
-                         f"reference spacing {spacing}.")
+        raise ValueError(f"case {case}: the geometry differs: prediction spacing "
+                         f"{tuple(float(s) for s in pred_properties['spacing'])} ({pred_file}), reference spacing "
+                         f"{spacing} ({ref_file}); {fix}")
     pred, ref = pred[0], ref[0]
+    if label_values is not None:
+        check_label_values(case, pred, pred_file, "prediction", label_values)
+        check_label_values(case, ref, ref_file, "reference", label_values)
     if ignore_label is not None:
         ignored = ref == ignore_label
         pred = np.where(ignored, 0, pred)
@@ -202,9 +265,31 @@ def _load_dataset_json(dataset_json: str | Path | dict | None, pred_folder: Path
     if isinstance(dataset_json, dict):
         return dataset_json
     path = Path(dataset_json) if dataset_json is not None else pred_folder / "dataset.json"
+    fix = "pass the dataset.json of the dataset the predictions belong to (-d)."
     if not path.is_file():
-        raise ValueError(f"dataset.json not found at {path}; pass the dataset's dataset.json (-d).")
-    return load_json(str(path))
+        raise ValueError(f"dataset.json not found at {path}; {fix}")
+    try:
+        dataset = load_json(str(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); {fix}") from None
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{path} is not a dataset.json (a JSON object with 'labels' and 'file_ending'); {fix}")
+    return dataset
+
+
+def _check_dataset_json(dataset: dict) -> None:
+    """ValueError unless ``dataset`` has what the evaluation reads: ``file_ending`` and integer ``labels``."""
+    fix = "pass the dataset.json of the dataset the predictions belong to (-d)."
+    if not isinstance(dataset.get("file_ending"), str) or not dataset["file_ending"]:
+        raise ValueError(f"dataset.json has no 'file_ending' (e.g. \".nii.gz\"); {fix}")
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict):
+        raise ValueError(f"dataset.json has no 'labels' object; {fix}")
+    for name, value in labels.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ValueError(f"dataset.json label {name!r} = {value!r} is not a label value (an integer >= 0) or a "
+                             f"region (a list of them); {fix}")
 
 
 def evaluate_folders(pred_folder: str | Path, ref_folder: str | Path,
@@ -226,12 +311,16 @@ def evaluate_folders(pred_folder: str | Path, ref_folder: str | Path,
         instance_iou_threshold, instance_border_margin: instance matching threshold and border exclusion.
     """
     pred_folder, ref_folder = Path(pred_folder), Path(ref_folder)
-    for folder, role in ((pred_folder, "prediction"), (ref_folder, "reference")):
+    for folder, role, fix in ((pred_folder, "prediction", "pass the folder nnUNetv2_predict wrote."),
+                              (ref_folder, "reference", "pass the dataset's labelsTr or labelsTs folder.")):
         if not folder.is_dir():
-            raise ValueError(f"{role} folder {folder} does not exist.")
+            state = "is not a folder" if folder.exists() else "does not exist"
+            raise ValueError(f"{role} folder {folder} {state}; {fix}")
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}.")
     dataset = _load_dataset_json(dataset_json, pred_folder)
+    if "labels" in dataset:
+        _check_dataset_json(dataset)
     targets = targets_from_dataset_json(dataset)
     pairs, missing = find_case_files(pred_folder, ref_folder, dataset["file_ending"])
     reader_writer_class = determine_reader_writer_from_dataset_json(dataset, str(pairs[0][2]), verbose=False)
@@ -240,7 +329,7 @@ def evaluate_folders(pred_folder: str | Path, ref_folder: str | Path,
         instance_settings = _instance_settings_for(dataset, Path(instance_ref_folder), instance_iou_threshold,
                                                   instance_border_margin)
     jobs = [(case, pred, ref, reader_writer_class, targets, nsd_tolerance_mm, hd95_penalty_mm,
-             _ignore_label_of(dataset), instance_settings) for case, pred, ref in pairs]
+             _ignore_label_of(dataset), instance_settings, label_values_of(dataset)) for case, pred, ref in pairs]
     if num_processes == 1 or len(jobs) == 1:
         cases = [evaluate_case(*job) for job in jobs]
     else:

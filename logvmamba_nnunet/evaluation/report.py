@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from logvmamba_nnunet.data.safe_output import staged_files
 from logvmamba_nnunet.evaluation.evaluate import Evaluation
 
 METRICS = ("dice", "iou", "hd95", "nsd")
@@ -93,6 +94,9 @@ def write_reports(evaluation: Evaluation, out_prefix: str | Path) -> dict[str, P
     """Write ``<prefix>.json`` (settings, summary, every case), ``<prefix>_per_case.csv`` (one row per case
     and target), ``<prefix>_summary.csv`` and, with instances, ``<prefix>_instances.csv``.
 
+    The files are written under temporary names and renamed into place when all are complete, so an error leaves
+    earlier reports of the same prefix as they were.
+
     Returns:
         The written files by kind (``json``, ``per_case``, ``summary``, ``instances``).
     """
@@ -102,6 +106,14 @@ def write_reports(evaluation: Evaluation, out_prefix: str | Path) -> dict[str, P
     files = {"json": out_prefix.with_name(out_prefix.name + ".json"),
              "per_case": out_prefix.with_name(out_prefix.name + "_per_case.csv"),
              "summary": out_prefix.with_name(out_prefix.name + "_summary.csv")}
+    if "instances" in summary:
+        files["instances"] = out_prefix.with_name(out_prefix.name + "_instances.csv")
+    with staged_files(list(files.values())) as staging:
+        _write_report_files(evaluation, summary, dict(zip(files, staging, strict=True)))
+    return files
+
+
+def _write_report_files(evaluation: Evaluation, summary: dict, files: dict[str, Path]) -> None:
     document = {
         "settings": evaluation.settings,
         "conventions": CONVENTIONS,
@@ -135,15 +147,13 @@ def write_reports(evaluation: Evaluation, out_prefix: str | Path) -> dict[str, P
             for metric, stats in entry.items():
                 if isinstance(stats, dict):
                     writer.writerow([name, metric, stats["mean"], stats["se"], stats["n"]])
-    if "instances" in summary:
-        files["instances"] = out_prefix.with_name(out_prefix.name + "_instances.csv")
+    if "instances" in files:
         with files["instances"].open("w", newline="") as handle:
             columns = ["case", "tp", "fp", "fn", "n_ref", "n_pred", *INSTANCE_METRICS]
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             for case in evaluation.cases:
                 writer.writerow({"case": case.case, **case.instances.as_dict()})
-    return files
 
 
 def _cell(stats: dict, metric: str) -> str:
