@@ -36,8 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from logvmamba_nnunet.ops.constants import LOG2_E
-from logvmamba_nnunet.ops.scan_inputs import step_sizes
+from logvmamba_nnunet.ops.constants import LOG2_E, SOFTPLUS_THRESHOLD
 
 _Z_INPUT = 8
 """Position of z among the inputs of ``ChunkedSelectiveScan.forward`` (after delta_softplus and chunk_size)."""
@@ -118,6 +117,16 @@ def _chunk_view(x: torch.Tensor, groups: int, plan: _Plan) -> torch.Tensor:
     return x.view(b, groups, -1, plan.n_chunks, plan.chunk_len)
 
 
+def _block_sources(x: torch.Tensor, groups: int, plan: _Plan) -> tuple[torch.Tensor, ...]:
+    """Padded (b, c, L) or (b, g, c / g, L) -> the (K, b, g, c / g, T) view of every block, first to last."""
+    return _chunk_view(x, groups, plan).permute(3, 0, 1, 2, 4).split(plan.chunks_per_block)
+
+
+def _block_targets(x: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, ...]:
+    """(b, g, c, padded L) -> the step-layout (T, K, b, g, c) view of every block of it, first to last."""
+    return _chunk_view(x, x.shape[1], plan).permute(4, 3, 0, 1, 2).split(plan.chunks_per_block, dim=1)
+
+
 def _use_matmul(x: torch.Tensor) -> bool:
     """Whether contractions run as batched matrix products (CPU) or as elementwise products and sums.
 
@@ -152,39 +161,48 @@ def _sum_over_channels(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> t
 
 @dataclass
 class _Sequences:
-    """Scan inputs as (b, g, c, n_chunks, T) views of zero-padded tensors in the compute dtype: dt, du = dt * u
-    (c = h) and B, C (c = n). A, A_log2: (g, n, h), A_log2 = A * log2(e), so that a decay exp(dt A) is
-    exp2(dt A_log2), which torch evaluates about twice as fast as exp."""
+    """Scan inputs in the compute dtype: delta, u (c = h) and B, C (c = n) as the (K, b, g, c, T) views of
+    every block of zero-padded tensors; delta_bias and D as (g, h) or None; A, A_log2: (g, n, h),
+    A_log2 = A * log2(e), so that a decay exp(dt A) is exp2(dt A_log2), which torch evaluates about twice
+    as fast as exp."""
 
     plan: _Plan
-    dt: torch.Tensor
-    du: torch.Tensor
-    B: torch.Tensor
-    C: torch.Tensor
+    delta: tuple[torch.Tensor, ...]
+    u: tuple[torch.Tensor, ...]
+    B: tuple[torch.Tensor, ...]
+    C: tuple[torch.Tensor, ...]
+    delta_bias: torch.Tensor | None
+    softplus: bool
+    D: torch.Tensor | None
     A: torch.Tensor
     A_log2: torch.Tensor
 
     @property
     def state_shape(self) -> tuple[int, ...]:
         """Shape (b, g, n, h) of one chunk's state."""
-        b, g, h = self.dt.shape[:3]
+        b, g, h = self.u[0].shape[1:4]
         return (b, g, self.A.shape[1], h)
 
 
 def _prepare(
-    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int | None
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, delta_bias: torch.Tensor | None, softplus: bool, chunk_size: int | None,
 ) -> _Sequences:
-    """u, dt (b, d, L), A (d, n) and grouped B, C (b, g, n, L) as the views the blocks read."""
+    """u, delta (b, d, L), A (d, n), grouped B, C (b, g, n, L) and D, delta_bias (d,) or None, all in the
+    compute dtype, as the views the blocks read."""
     b, groups, n, length = B.shape
     d = A.shape[0]
     plan = _make_plan(length, b * d * n, chunk_size, u.device)
     A = A.view(groups, d // groups, n).transpose(1, 2).contiguous()
     return _Sequences(
         plan=plan,
-        dt=_chunk_view(_pad_steps(dt, plan), groups, plan),
-        du=_chunk_view(_pad_steps(dt * u, plan), groups, plan),
-        B=_chunk_view(_pad_steps(B, plan), groups, plan),
-        C=_chunk_view(_pad_steps(C, plan), groups, plan),
+        delta=_block_sources(_pad_steps(delta, plan), groups, plan),
+        u=_block_sources(_pad_steps(u, plan), groups, plan),
+        B=_block_sources(_pad_steps(B, plan), groups, plan),
+        C=_block_sources(_pad_steps(C, plan), groups, plan),
+        delta_bias=None if delta_bias is None else delta_bias.view(groups, -1),
+        softplus=softplus,
+        D=None if D is None else D.view(groups, -1),
         A=A,
         A_log2=A * LOG2_E,
     )
@@ -210,7 +228,7 @@ class _Workspace:
         self.chunk_len = plan.chunk_len
         chunk_state = math.prod(self.state_shape)
         steps = plan.chunks_per_block * plan.chunk_len
-        new = seq.dt.new_empty
+        new = seq.u[0].new_empty
         self.blocks = [new(steps * chunk_state) for _ in range(count)]
         self.chunk_states = [new(plan.chunks_per_block * chunk_state) for _ in range(4)]
         b, g = self.state_shape[:2]
@@ -253,43 +271,64 @@ class _Workspace:
             ("sequence steps", name, chunks), lambda: self.sequence(name, chunks).unsqueeze(-2).unbind(0)
         )
 
-    def gather(self, name: str, chunks_view: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Chunks [start, stop) of a (b, g, c, n_chunks, T) view, copied into the step-layout buffer ``name``.
+    def gather(self, name: str, source: torch.Tensor) -> torch.Tensor:
+        """A block's (K, b, g, c, T) view of a sequence, copied into the step-layout buffer ``name``.
 
         A direct permuting copy reads one element per time row and is several times slower than three copies
         that each move contiguous runs: to (K, b, g, c, T), then (K, T, b, g, c), then (T, K, b, g, c).
         """
-        source = chunks_view[:, :, :, start:stop]
-        b, g, c, chunks, T = source.shape
-        by_chunk = _view(self.staging[0], (chunks, b, g, c, T)).copy_(source.permute(3, 0, 1, 2, 4))
-        by_step = _view(self.staging[1], (chunks, T, b, g, c)).copy_(by_chunk.permute(0, 4, 1, 2, 3))
-        return self.sequence(name, chunks).copy_(by_step.transpose(0, 1))
+        chunks, b, g, c, T = source.shape
 
+        def stages() -> tuple[torch.Tensor, ...]:
+            by_chunk = _view(self.staging[0], (chunks, b, g, c, T))
+            by_step = _view(self.staging[1], (chunks, T, b, g, c))
+            return by_chunk, by_chunk.permute(0, 4, 1, 2, 3), by_step, by_step.transpose(0, 1)
 
-def _scatter(steps: torch.Tensor, chunks_view: torch.Tensor, start: int, stop: int) -> None:
-    """Copy a step-layout (T, K, b, g, c) tensor back to chunks [start, stop) of a (b, g, c, n_chunks, T) view."""
-    chunks_view[:, :, :, start:stop].permute(4, 3, 0, 1, 2).copy_(steps)
+        by_chunk, by_chunk_steps, by_step, by_step_steps = self._cached(("stages", c, chunks), stages)
+        by_chunk.copy_(source)
+        by_step.copy_(by_chunk_steps)
+        return self.sequence(name, chunks).copy_(by_step_steps)
 
 
 @dataclass
 class _Block:
-    """Chunks [start, stop) in step layout: dt, du (T, K, b, g, h), B, C (T, K, b, g, n), contiguous."""
+    """Chunks [start, stop) in step layout, contiguous: x = delta + delta_bias, dt (the step sizes, 0 on
+    padding), u and du = dt * u (T, K, b, g, h); B, C (T, K, b, g, n). ``padding``: the first padded step of
+    the block's last chunk (T when it has none)."""
 
     start: int
     stop: int
+    x: torch.Tensor
     dt: torch.Tensor
+    u: torch.Tensor
     du: torch.Tensor
     B: torch.Tensor
     C: torch.Tensor
+    padding: int
 
     @property
     def chunks(self) -> int:
         return self.stop - self.start
 
     @staticmethod
-    def gather(seq: _Sequences, workspace: _Workspace, start: int, stop: int) -> _Block:
-        names = ("dt", "du", "B", "C")
-        return _Block(start, stop, *(workspace.gather(name, getattr(seq, name), start, stop) for name in names))
+    def gather(seq: _Sequences, workspace: _Workspace, index: int, start: int, stop: int) -> _Block:
+        chunks, plan = stop - start, seq.plan
+        x = workspace.gather("x", seq.delta[index])
+        if seq.delta_bias is not None:
+            x.add_(seq.delta_bias)
+        dt = workspace.sequence("dt", chunks)
+        if seq.softplus:
+            torch._C._nn.softplus(x, 1.0, SOFTPLUS_THRESHOLD, out=dt)
+        else:
+            dt.copy_(x)
+        padding = plan.length - (plan.n_chunks - 1) * plan.chunk_len if stop == plan.n_chunks else plan.chunk_len
+        if padding < plan.chunk_len:
+            dt[padding:, -1] = 0
+        u = workspace.gather("u", seq.u[index])
+        du = torch.mul(dt, u, out=workspace.sequence("du", chunks))
+        B = workspace.gather("B", seq.B[index])
+        C = workspace.gather("C", seq.C[index])
+        return _Block(start, stop, x, dt, u, du, B, C, padding)
 
 
 def _outer(channels: torch.Tensor, state: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -312,18 +351,19 @@ def _chunk_decays(seq: _Sequences, block: _Block, workspace: _Workspace) -> tupl
 def _chunk_starts(
     seq: _Sequences, block: _Block, decays: tuple[torch.Tensor, ...], drives: tuple[torch.Tensor, ...],
     start: torch.Tensor, workspace: _Workspace,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """True start state of every chunk of the block (K, b, g, n, h), given the block's start state; ``drives``:
     the inputs dt_t u_t B_t of every step.
 
     Scans every chunk from zero to its local end state (all chunks at once), then carries the state across
-    the chunk ends: start_{k+1} = decay_k * start_k + local_end_k.
+    the chunk ends: start_{k+1} = decay_k * start_k + local_end_k. Also returns the chunks' total decays
+    (None for a block of one chunk, which needs none).
     """
     chunks = block.chunks
     starts = workspace.chunk_state(0, chunks)
     starts[0] = start
     if chunks == 1:
-        return starts
+        return starts, None
     local = workspace.chunk_state(1, chunks).copy_(drives[0])
     for decay, drive in zip(decays[1:], drives[1:], strict=True):
         torch.addcmul(drive, decay, local, out=local)
@@ -331,7 +371,7 @@ def _chunk_starts(
     start_steps = workspace.chunk_state_steps(0, chunks)
     for k in range(1, chunks):
         torch.addcmul(local_ends[k - 1], totals[k - 1], start_steps[k - 1], out=start_steps[k])
-    return starts
+    return starts, totals
 
 
 def _rescan(decays: tuple[torch.Tensor, ...], drives: tuple[torch.Tensor, ...], starts: torch.Tensor) -> None:
@@ -348,49 +388,62 @@ def _sequence_sizes(seq: _Sequences, names: tuple[str, ...]) -> dict[str, int]:
     return {name: n if name in ("B", "C") or name.endswith("_n") else h for name in names}
 
 
+_BLOCK_SEQUENCES = ("x", "dt", "u", "du", "B", "C", "out_h")
+
+
 def _forward_scan(seq: _Sequences) -> tuple[torch.Tensor, torch.Tensor]:
-    """<C_t, h_t> (b, g, h, padded L) and the state at every block start and at the end, (n_blocks + 1, b, g,
-    n, h)."""
+    """<C_t, h_t> + D u_t (b, g, h, padded L) and the state at every block start and at the end,
+    (n_blocks + 1, b, g, n, h)."""
     plan = seq.plan
     b, g, n, h = seq.state_shape
-    workspace = _Workspace(seq, 2, _sequence_sizes(seq, ("dt", "du", "B", "C", "out_h")))
-    outputs = seq.dt.new_empty(b, g, h, plan.padded_length)
-    output_chunks = _chunk_view(outputs, g, plan)
-    boundaries = seq.dt.new_zeros(plan.n_blocks + 1, b, g, n, h)
+    workspace = _Workspace(seq, 2, _sequence_sizes(seq, _BLOCK_SEQUENCES))
+    outputs = seq.u[0].new_empty(b, g, h, plan.padded_length)
+    output_blocks = _block_targets(outputs, plan)
+    boundaries = seq.u[0].new_zeros(plan.n_blocks + 1, b, g, n, h)
     for index, start, stop in plan.blocks():
-        block = _Block.gather(seq, workspace, start, stop)
+        block = _Block.gather(seq, workspace, index, start, stop)
         _block_decays(seq, block, workspace.block(0, block.chunks))
         decays = workspace.block_steps(0, block.chunks)
         states = _outer(block.du, block.B, out=workspace.block(1, block.chunks))
         drives = workspace.block_steps(1, block.chunks)
-        _rescan(decays, drives, _chunk_starts(seq, block, decays, drives, boundaries[index], workspace))
+        _rescan(decays, drives, _chunk_starts(seq, block, decays, drives, boundaries[index], workspace)[0])
         y = _sum_over_state(states, block.C, out=workspace.sequence("out_h", block.chunks))
-        _scatter(y, output_chunks, start, stop)
+        if seq.D is not None:
+            y.addcmul_(block.u, seq.D)
+        output_blocks[index].copy_(y)
         boundaries[index + 1] = drives[-1][-1]
     return outputs, boundaries
 
 
 @dataclass
 class _Gradients:
-    """Gradients gathered over the blocks, (b, g, c, padded L): du = sum_n lambda_t B_t, the gradient with
-    respect to dt * u (it gives those of u and dt through the input dt u B); exponent = sum_n A *
-    dL/d(dt_t A), the gradient of dt through the decays; B, C (c = n); yc, the recomputed <C_t, h_t> that the
-    gradient of z needs (None when it is not needed); and A (g, n, h)."""
+    """Gradients gathered over the blocks: u, delta (b, g, h, padded L); B, C (b, g, n, padded L); yc, the
+    recomputed <C_t, h_t> that the gradient of z needs (None when it is not needed); A (g, n, h); D and
+    delta_bias (g, h), or None when there is none."""
 
-    du: torch.Tensor
-    exponent: torch.Tensor
+    plan: _Plan
+    u: torch.Tensor
+    delta: torch.Tensor
     B: torch.Tensor
     C: torch.Tensor
     yc: torch.Tensor | None
     A: torch.Tensor
+    D: torch.Tensor | None
+    delta_bias: torch.Tensor | None
+
+    def __post_init__(self) -> None:
+        """``blocks[name]``: the step-layout (T, K, b, g, c) views of every block of gradient ``name``."""
+        names = ("u", "delta", "B", "C") + (("yc",) if self.yc is not None else ())
+        self.blocks = {name: _block_targets(getattr(self, name), self.plan) for name in names}
 
 
 def _adjoint_ends(
-    seq: _Sequences, block: _Block, decays: tuple[torch.Tensor, ...], injections: tuple[torch.Tensor, ...],
-    entering: torch.Tensor, workspace: _Workspace,
+    block: _Block, decays: tuple[torch.Tensor, ...], totals: tuple[torch.Tensor, ...] | None,
+    injections: tuple[torch.Tensor, ...], entering: torch.Tensor, workspace: _Workspace,
 ) -> torch.Tensor:
     """The adjoint entering every chunk of the block from its end (K, b, g, n, h), given the adjoint
-    ``entering`` the block's end; ``injections``: C_t g_t of every step.
+    ``entering`` the block's end; ``totals``: the chunks' total decays; ``injections``: C_t g_t of every
+    step.
 
     Scans every chunk backwards from a zero adjoint (all chunks at once) to the adjoint it sends to the state
     before its first step, then carries across the chunks: end_{k-1} = local_start_k + decay_k * end_k.
@@ -404,7 +457,7 @@ def _adjoint_ends(
     for t in range(len(decays) - 2, -1, -1):
         torch.addcmul(injections[t], decays[t + 1], local, out=local)
     local.mul_(decays[0])
-    local_starts, totals = workspace.chunk_state_steps(1, chunks), _chunk_decays(seq, block, workspace)
+    local_starts = workspace.chunk_state_steps(1, chunks)
     end_steps = workspace.chunk_state_steps(2, chunks)
     for k in range(chunks - 1, 0, -1):
         torch.addcmul(local_starts[k], totals[k], end_steps[k], out=end_steps[k - 1])
@@ -412,8 +465,8 @@ def _adjoint_ends(
 
 
 def _backward_block(
-    seq: _Sequences, block: _Block, grad: torch.Tensor, start_state: torch.Tensor, entering: torch.Tensor,
-    grads: _Gradients, workspace: _Workspace,
+    seq: _Sequences, index: int, block: _Block, grad: torch.Tensor, start_state: torch.Tensor,
+    entering: torch.Tensor, grads: _Gradients, workspace: _Workspace,
 ) -> torch.Tensor:
     """Recompute the block's states, scan its adjoint from ``entering`` (the adjoint of the block's end state)
     and write or add every gradient of the block into ``grads``. Returns the adjoint of the block's start
@@ -425,64 +478,83 @@ def _backward_block(
     decays = workspace.block_steps(0, chunks)
     states = _outer(block.du, block.B, out=workspace.block(1, chunks))
     drives = workspace.block_steps(1, chunks)
-    starts = _chunk_starts(seq, block, decays, drives, start_state, workspace)
+    starts, totals = _chunk_starts(seq, block, decays, drives, start_state, workspace)
     _rescan(decays, drives, starts)
 
     # The adjoint lambda_t = C_t g_t + exp(dt_{t+1} A) lambda_{t+1}, written over the injections C_t g_t.
     # Once lambda_{t-1} is known, the decays of step t are replaced by the gradient with respect to their
-    # exponent dt_t * A, lambda_t * exp(dt_t A) * h_{t-1}, whose products with dt_t add up to that of A.
+    # exponent dt_t * A, e_t = lambda_t * exp(dt_t A) * h_{t-1}.
     adjoints = _outer(grad, block.C, out=workspace.block(2, chunks))
     injections = workspace.block_steps(2, chunks)
-    ends = _adjoint_ends(seq, block, decays, injections, entering, workspace)
+    ends = _adjoint_ends(block, decays, totals, injections, entering, workspace)
     injections[-1].add_(ends)
-    dt_steps = workspace.sequence_steps("dt", chunks)
-    grad_A = workspace.chunk_state(1, chunks).zero_()
     for t in range(len(decays) - 1, 0, -1):
         torch.addcmul(injections[t - 1], decays[t], injections[t], out=injections[t - 1])
-        grad_A.addcmul_(decays[t].mul_(injections[t]).mul_(drives[t - 1]), dt_steps[t])
+        decays[t].mul_(injections[t]).mul_(drives[t - 1])
     leaving = decays[0].mul_(injections[0])[0].clone()
-    grad_A.addcmul_(decays[0].mul_(starts), dt_steps[0])
-    grads.A.add_(grad_A.sum((0, 1)))
+    decays[0].mul_(starts)
 
     def store(name: str, values: torch.Tensor) -> None:
-        _scatter(values, _chunk_view(getattr(grads, name), values.shape[3], plan), block.start, block.stop)
+        grads.blocks[name][index].copy_(values)
 
-    store("du", _sum_over_state(adjoints, block.B, out=workspace.sequence("out_h", chunks)))
     store("B", _sum_over_channels(adjoints, block.du, out=workspace.sequence("out_n", chunks)))
     store("C", _sum_over_channels(states, grad, out=workspace.sequence("out_n", chunks)))
     if grads.yc is not None:
         store("yc", _sum_over_state(states, block.C, out=workspace.sequence("out_h", chunks)))
-    ones = workspace.sequence("ones_n", chunks)
-    store("exponent", _sum_over_state(exponent_grad.mul_(seq.A), ones, out=workspace.sequence("out_h", chunks)))
+    # The gradient with respect to du = dt * u gives those of u and, with the one through the decays
+    # (sum_n A e_t), of dt.
+    grad_du = _sum_over_state(adjoints, block.B, out=workspace.sequence("grad_du", chunks))
+    grad_u = torch.mul(block.dt, grad_du, out=workspace.sequence("out_h", chunks))
+    if seq.D is not None:
+        grad_u.addcmul_(grad, seq.D)
+        grads.D.add_(torch.mul(grad, block.u, out=workspace.sequence("scratch", chunks)).sum((0, 1, 2)))
+    store("u", grad_u)
+    # The sum of dt_t * e_t is the gradient of A, and sum_n A * e_t that of dt_t through the decay.
+    grads.A.add_(torch.mul(exponent_grad, block.dt.unsqueeze(-2), out=adjoints).sum((0, 1, 2)))
+    exponent_grad.mul_(seq.A)
+    grad_delta = _sum_over_state(exponent_grad, workspace.sequence("ones_n", chunks), out=grad_u)
+    grad_delta.addcmul_(block.u, grad_du)
+    if seq.softplus:
+        grad_delta.mul_(torch.sigmoid(block.x, out=grad_du))
+    if block.padding < plan.chunk_len:
+        grad_delta[block.padding :, -1] = 0
+    store("delta", grad_delta)
+    if grads.delta_bias is not None:
+        grads.delta_bias.add_(grad_delta.sum((0, 1, 2)))
     return leaving
+
+
+_BACKWARD_SEQUENCES = (*_BLOCK_SEQUENCES, "grad", "grad_du", "scratch", "out_n", "ones_n")
 
 
 def _backward_scan(
     seq: _Sequences, boundaries: torch.Tensor, grad_yc: torch.Tensor, grad_last: torch.Tensor | None,
     needs_yc: bool,
 ) -> _Gradients:
-    """Walk the blocks from last to first; ``grad_yc`` (b, d, L) is the gradient with respect to <C_t, h_t>
-    and ``grad_last`` (b, g, n, h) the one of the last state (or None)."""
+    """Walk the blocks from last to first; ``grad_yc`` (b, d, L) is the gradient with respect to
+    <C_t, h_t> + D u_t and ``grad_last`` (b, g, n, h) the one of the last state (or None)."""
     plan = seq.plan
     b, g, n, h = seq.state_shape
-    grad_chunks = _chunk_view(_pad_steps(grad_yc, plan), g, plan)
-    new = seq.dt.new_empty
+    grad_blocks = _block_sources(_pad_steps(grad_yc, plan), g, plan)
+    new = seq.u[0].new_empty
     grads = _Gradients(
-        du=new(b, g, h, plan.padded_length),
-        exponent=new(b, g, h, plan.padded_length),
+        plan=plan,
+        u=new(b, g, h, plan.padded_length),
+        delta=new(b, g, h, plan.padded_length),
         B=new(b, g, n, plan.padded_length),
         C=new(b, g, n, plan.padded_length),
         yc=new(b, g, h, plan.padded_length) if needs_yc else None,
-        A=seq.dt.new_zeros(g, n, h),
+        A=seq.u[0].new_zeros(g, n, h),
+        D=None if seq.D is None else seq.u[0].new_zeros(g, h),
+        delta_bias=None if seq.delta_bias is None else seq.u[0].new_zeros(g, h),
     )
-    names = ("dt", "du", "B", "C", "grad", "out_h", "out_n", "ones_n")
-    workspace = _Workspace(seq, 3, _sequence_sizes(seq, names))
+    workspace = _Workspace(seq, 3, _sequence_sizes(seq, _BACKWARD_SEQUENCES))
     workspace.sequences["ones_n"].fill_(1)
-    entering = grad_last if grad_last is not None else seq.dt.new_zeros(b, g, n, h)
+    entering = grad_last if grad_last is not None else seq.u[0].new_zeros(b, g, n, h)
     for index, start, stop in plan.blocks(reverse=True):
-        block = _Block.gather(seq, workspace, start, stop)
-        grad = workspace.gather("grad", grad_chunks, start, stop)
-        entering = _backward_block(seq, block, grad, boundaries[index], entering, grads, workspace)
+        block = _Block.gather(seq, workspace, index, start, stop)
+        grad = workspace.gather("grad", grad_blocks[index])
+        entering = _backward_block(seq, index, block, grad, boundaries[index], entering, grads, workspace)
     return grads
 
 
@@ -490,12 +562,6 @@ def _silu_grad(z: torch.Tensor) -> torch.Tensor:
     """Derivative of silu(z) = z * sigmoid(z)."""
     sig = torch.sigmoid(z)
     return sig * (1 + z * (1 - sig))
-
-
-def _softplus_grad(x: torch.Tensor) -> torch.Tensor:
-    """Derivative of softplus, sigmoid(x). Above the softplus threshold (20), where softplus is the identity,
-    sigmoid(x) differs from 1 by less than 3e-9, which rounds to 1 in float32."""
-    return torch.sigmoid(x)
 
 
 class ChunkedSelectiveScan(torch.autograd.Function):
@@ -516,14 +582,9 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias = tensors
         with torch.autocast(device_type=u.device.type, enabled=False):
             dtype = _compute_dtype(u)
-            uf = u.to(dtype)
-            dt = step_sizes(delta.to(dtype), _cast(delta_bias, dtype), delta_softplus)[1]
-            seq = _prepare(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype), chunk_size)
-            del dt
+            seq = _prepare(*(_cast(x, dtype) for x in (u, delta, A, B, C, D, delta_bias)), delta_softplus, chunk_size)
             outputs, boundaries = _forward_scan(seq)
             y = _unpad(outputs, u.shape[-1])
-            if D is not None:
-                y = y.addcmul_(D.to(dtype)[:, None], uf)
             if z is not None:
                 y = y.mul_(F.silu(z.to(dtype)))
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, boundaries[:-1])
@@ -542,43 +603,32 @@ class ChunkedSelectiveScan(torch.autograd.Function):
             if grad_y is None:
                 grad_y = torch.zeros_like(uf)
             grad_y = grad_y.to(dtype)
-            pre_softplus, dt = step_sizes(delta.to(dtype), _cast(delta_bias, dtype), ctx.delta_softplus)
-            seq = _prepare(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype), ctx.chunk_size)
+            seq = _prepare(
+                uf, *(_cast(x, dtype) for x in (delta, A, B, C, D, delta_bias)), ctx.delta_softplus, ctx.chunk_size
+            )
             grad_yc = grad_y if z is None else grad_y * F.silu(z.to(dtype))
             b, g, n, h = seq.state_shape
             last = None if grad_last is None else grad_last.to(dtype).view(b, g, h, n).transpose(2, 3).contiguous()
             needs_yc = z is not None and ctx.needs_input_grad[_Z_INPUT]
             grads = _backward_scan(seq, boundaries, grad_yc, last, needs_yc)
             del seq
-
-            grad_du = _unpad(grads.du, length)
-            grad_u = grad_du * dt
-            grad_delta = _unpad(grads.exponent, length).addcmul_(grad_du, uf)
-            if ctx.delta_softplus:
-                grad_delta.mul_(_softplus_grad(pre_softplus))
-            del grad_du, dt
-            grad_D = grad_z = grad_bias = None
-            if D is not None:
-                grad_u.addcmul_(grad_yc, D.to(dtype)[:, None])
-                grad_D = (grad_yc * uf).sum((0, 2)).to(D.dtype)
+            grad_z = None
             if grads.yc is not None:
                 skip = _unpad(grads.yc, length)
                 if D is not None:
                     skip.addcmul_(D.to(dtype)[:, None], uf)
                 grad_z = (grad_y * skip * _silu_grad(z.to(dtype))).to(z.dtype)
-            if delta_bias is not None:
-                grad_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype)
         return (
             None,
             None,
-            grad_u.to(u.dtype),
-            grad_delta.to(delta.dtype),
+            _unpad(grads.u, length).to(u.dtype),
+            _unpad(grads.delta, length).to(delta.dtype),
             grads.A.transpose(1, 2).reshape(A.shape).to(A.dtype),
             _unpad(grads.B, length).view(B.shape).to(B.dtype),
             _unpad(grads.C, length).view(C.shape).to(C.dtype),
-            grad_D,
+            None if D is None else grads.D.reshape(D.shape).to(D.dtype),
             grad_z,
-            grad_bias,
+            None if delta_bias is None else grads.delta_bias.reshape(delta_bias.shape).to(delta_bias.dtype),
         )
 
 
