@@ -113,6 +113,91 @@ def test_mixer_matches_explicit_reference(kind, spatial_dims, directions, gtx):
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
 
 
+def straightforward_mixer(mixer, x):
+    """The mixer written plainly and differentiably from its own modules: one in_proj split by ``chunk``, the
+    extractor on a channels-first copy, globals concatenated, each direction's sequence gathered slot by slot
+    (explicit orders and interleaved layout), einsum projections and the scan, each direction read back with an
+    index and the directions summed, fold, LayerNorm, ``* silu(z)``, out_proj."""
+    x_in, z = F.linear(x, mixer.in_proj.weight).chunk(2, dim=-1)
+    features = mixer.extractor(x_in.movedim(-1, 1).contiguous())
+    tokens = features.flatten(2)
+    n_local = tokens.shape[-1]
+    if mixer.global_extractor is not None:
+        tokens = torch.cat([tokens, mixer.global_extractor(features)], dim=-1)
+    n_global = tokens.shape[-1] - n_local
+    layout = explicit_interleaved(n_local, n_global) if n_global else [("l", i) for i in range(n_local)]
+    orders = explicit_orders(x.shape[1:-1], mixer.ssm.directions)
+    sources = [[order[i] if kind == "l" else n_local + i for kind, i in layout] for order in orders]
+    sequences = torch.stack([tokens[..., source] for source in sources], dim=1)
+    ssm = mixer.ssm
+    batch, directions, width, length = sequences.shape
+    projected = torch.einsum("bkwt,kcw->bkct", sequences, ssm.x_proj_weight)
+    dt, B, C = projected.split([ssm.dt_rank, ssm.d_state, ssm.d_state], dim=2)
+    delta = torch.einsum("bkrt,kwr->bkwt", dt, ssm.dt_proj_weight)
+    outputs = ssm_module.selective_scan(
+        sequences.reshape(batch, -1, length), delta.reshape(batch, -1, length), -torch.exp(ssm.A_log),
+        B.contiguous(), C.contiguous(), D=ssm.D, delta_bias=ssm.dt_proj_bias.flatten(), delta_softplus=True,
+        backend="torch").view(batch, directions, width, length)
+    y = 0
+    for k, source in enumerate(sources):
+        slot_of = {index: slot for slot, index in enumerate(source)}
+        y = y + outputs[:, k][..., [slot_of[p] for p in range(n_local)]]
+    y = y.transpose(1, 2)
+    if mixer.fold is not None:
+        y = mixer.fold(y)
+    y = mixer.out_norm(y).view(z.shape) * F.silu(z)
+    return mixer.out_proj(y)
+
+
+def assert_same_outputs_and_gradients(run, reference, inputs, parameters, rtol=1e-4, atol=1e-5):
+    """``run()`` and ``reference()`` give the same output and the same gradients of a random projection of it with
+    respect to ``inputs`` and ``parameters`` (named), to float32 tolerance relative to each tensor's scale."""
+    def outputs_and_gradients(function):
+        for tensor in [*inputs, *(p for _, p in parameters)]:
+            tensor.grad = None
+        out = function()
+        (out * weights).sum().backward()
+        return out.detach(), [t.grad.clone() for t in inputs], [p.grad.clone() for _, p in parameters]
+
+    torch.manual_seed(7)
+    weights = torch.randn_like(reference().detach())
+    expected = outputs_and_gradients(reference)
+    actual = outputs_and_gradients(run)
+    names = [f"input {i}" for i in range(len(inputs))] + [name for name, _ in parameters]
+    for name, got, want in zip(["output", *names], [actual[0], *actual[1], *actual[2]],
+                               [expected[0], *expected[1], *expected[2]], strict=True):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol * max(want.abs().max().item(), 1.0),
+                                   msg=lambda message, name=name: f"{name}: {message}")
+
+
+@pytest.mark.parametrize(
+    ("kind", "spatial_dims", "directions", "gtx"),
+    [
+        ("vss", 2, 4, {}),
+        ("vss", 3, 1, {}),
+        ("local", 3, 1, {}),
+        ("local", 2, 2, {}),
+        ("global", 2, 2, {"gtx_stride": 2, "gtx_squeeze": 2}),
+        ("global", 3, 1, {"gtx_stride": 2}),
+        ("local_global", 3, 1, {"gtx_stride": 2, "ltx_squeeze": 4}),
+        ("local_global", 3, 4, {"gtx_stride": 2, "ltx_squeeze": 4}),
+        ("local_global", 2, 1, {"gtx_stride": 4}),
+    ],
+)
+def test_mixer_outputs_and_gradients_match_the_straightforward_formulation(kind, spatial_dims, directions, gtx):
+    """The mixer avoids copies (split in_proj, strided placement, fused gate): values and gradients with respect
+    to the input and every parameter are those of the plain formulation."""
+    torch.manual_seed(0)
+    size = SIZES[spatial_dims]
+    mixer = LoGVMambaMixer(8, spatial_dims, kind, planned_size=size, d_state=4, directions=directions, **gtx)
+    with torch.no_grad():
+        for parameter in (mixer.out_norm.weight, mixer.out_norm.bias, mixer.ssm.D, mixer.ssm.dt_proj_bias):
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    x = torch.randn(2, *size, 8, requires_grad=True)
+    assert_same_outputs_and_gradients(lambda: mixer(x), lambda: straightforward_mixer(mixer, x), [x],
+                                      list(mixer.named_parameters()))
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("directions", [1, 2, 4])
 @pytest.mark.parametrize("kind", MIXER_KINDS)
@@ -193,7 +278,7 @@ def test_bf16_autocast_keeps_the_ssm_in_fp32(kind, spatial_dims, monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
     out.float().square().sum().backward()
-    assert seen == [({torch.float32}, False)]
+    assert seen == [({torch.float32}, False)] * 2  # the forward, and its recomputation in backward (same state)
     assert out.dtype == torch.bfloat16 and out.shape == x.shape
     assert torch.isfinite(out.float()).all()
     assert all(torch.isfinite(p.grad).all() for p in block.parameters())

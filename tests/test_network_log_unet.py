@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from logvmamba_nnunet.modules.block import LoGVMambaBlock
 from logvmamba_nnunet.networks.log_vmamba_unet import ChannelsFirstBlock, LoGVMambaUNet, brats_reference_arch_kwargs
 
 
@@ -124,7 +125,7 @@ def test_blocks_run_in_float32_under_autocast(fp32_blocks, inner_dtype):
     net = LoGVMambaUNet(1, 2, False, fp32_blocks=fp32_blocks, **kwargs)
     seen = []
     for block in log_blocks(net):
-        block.mixer.in_proj.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        block.mixer.extractor.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(torch.randn(1, 1, 8, 8, 8))
     assert seen == [inner_dtype] * 3
@@ -156,3 +157,52 @@ def test_block_parameters_match_the_authors_at_their_stage_sizes():
                             **{**brats_reference_arch_kwargs(), "patch_size": [64, 64, 64]})
     counts = [sum(p.numel() for p in layer.parameters()) for layer in net.encoder.stage_layers]
     assert counts == [8_926, 86_528, 214_480, 357_504, 367_400]
+
+
+def run_training_step(net: LoGVMambaUNet, x: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    net.zero_grad()
+    x.grad = None
+    torch.manual_seed(seed)
+    outputs = net(x)
+    sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outputs).backward()
+    return [o.detach() for o in outputs] + [x.grad.clone()] + [p.grad.clone() for p in net.parameters()]
+
+
+def test_recompute_blocks_changes_memory_not_results():
+    """recompute_blocks on (the default) and off: bit-identical outputs and gradients in training with DropPath
+    dropping samples; the blocks then keep only their inputs, which the network holds anyway, so the saved
+    activations of the whole network shrink by about the blocks' share."""
+    torch.manual_seed(0)
+    kwargs = plan_kwargs(3, 3, [8, 16, 32], [8, 12, 12], [[1, 1, 1], [1, 2, 2], [2, 2, 2]])
+    net = LoGVMambaUNet(1, 2, True, drop_path_rate=0.5, **kwargs).train()
+    assert all(block.recompute for block in log_blocks(net))
+    x = torch.randn(4, 1, 8, 12, 12, requires_grad=True)
+    results, saved = {}, {}
+    for recompute in (True, False):
+        for block in log_blocks(net):
+            block.recompute = recompute
+        storages = {}
+
+        def pack(tensor, storages=storages):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            results[recompute] = run_training_step(net, x, seed=3)
+        parameters = {p.untyped_storage().data_ptr() for p in net.parameters()}
+        saved[recompute] = sum(n for pointer, n in storages.items() if pointer not in parameters)
+    for with_recompute, without in zip(results[True], results[False], strict=True):
+        assert torch.equal(with_recompute, without)
+    assert saved[True] < 0.75 * saved[False]
+    off = LoGVMambaUNet(1, 2, True, drop_path_rate=0.5, recompute_blocks=False, **kwargs)
+    assert not any(block.recompute for block in log_blocks(off))
+
+
+def test_channels_first_block_returns_a_contiguous_map_without_a_copy_back():
+    torch.manual_seed(0)
+    layer = ChannelsFirstBlock(LoGVMambaBlock(8, 3, "local", planned_size=(3, 4, 5), d_state=4))
+    x = torch.randn(2, 8, 3, 4, 5, requires_grad=True)
+    for train in (True, False):
+        out = layer.train(train)(x)
+        assert out.shape == x.shape and out.is_contiguous()
+        torch.testing.assert_close(out, layer.block(x.movedim(1, -1).contiguous()).movedim(-1, 1))

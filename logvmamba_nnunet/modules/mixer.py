@@ -8,6 +8,11 @@
     y = sum_k to_raster_k(SSM_k(sequence_k))       K directions, global tokens dropped on the way back
     y = fold(y)                                    Linear(C' -> d_inner, no bias), LTX kinds only
     out = out_proj(LayerNorm(y) * silu(z))         Linear(d_inner -> C, no bias)
+
+The forward computes this with one copy per layout change (``docs/architecture.md``, "Memory and recomputation"):
+x and z come from the two halves of in_proj as dense channels-last tensors, the convolutions run channels-last,
+``ScanLayout`` builds and reads the direction sequences in one pass each way and returns channels-last outputs, and
+the gate is fused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from logvmamba_nnunet.modules.scan_directions import DIRECTIONS, ScanLayout
 from logvmamba_nnunet.modules.ssm import SelectiveSSM
@@ -161,17 +167,42 @@ class LoGVMambaMixer(nn.Module):
                 f"axes, got shape {tuple(x.shape)}."
             )
         spatial_size = x.shape[1:-1]
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)
-        features = self.extractor(x_in.movedim(-1, 1))
+        # in_proj as two products, so that x and z are each dense channels-last (the extractor's convolutions run
+        # channels-last without a copy)
+        weight_x, weight_z = self.in_proj.weight.chunk(2)
+        features = self.extractor(F.linear(x, weight_x).movedim(-1, 1))
         tokens = features.flatten(2)
+        global_tokens = None
         if self.global_extractor is not None:
             global_tokens = self.global_extractor(features).to(tokens.dtype)
-            tokens = torch.cat([tokens, global_tokens], dim=-1)
-        sequences = self.layout.to_sequences(tokens, spatial_size, self.n_global_tokens)
+        sequences = self.layout.sequences(tokens, global_tokens, spatial_size)
         outputs = self.ssm(sequences)
-        y = self.layout.to_raster(outputs, spatial_size, self.n_global_tokens).sum(1)
-        y = y.transpose(1, 2).to(features.dtype)
+        y = self.layout.merge(outputs, spatial_size, self.n_global_tokens).to(features.dtype)
         if self.fold is not None:
             y = self.fold(y)
-        y = self.out_norm(y).view(*z.shape) * F.silu(z)
-        return self.out_proj(y).to(x.dtype)
+        y = silu_gate(self.out_norm(y), F.linear(x, weight_z).flatten(1, -2))
+        return self.out_proj(y).view(x.shape).to(x.dtype)
+
+
+class _SiLUGate(torch.autograd.Function):
+    """y * silu(z) written into one buffer; saves y and z only and recomputes silu(z) in backward."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, z: Tensor) -> Tensor:
+        ctx.save_for_backward(y, z)
+        return F.silu(z).mul_(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        y, z = ctx.saved_tensors
+        grad_y = F.silu(z).mul_(grad) if ctx.needs_input_grad[0] else None
+        grad_z = torch.ops.aten.silu_backward(grad * y, z) if ctx.needs_input_grad[1] else None
+        return grad_y, grad_z
+
+
+def silu_gate(y: Tensor, z: Tensor) -> Tensor:
+    """``y * silu(z)`` with the same values and gradients, fused when y and z have one dtype and shape."""
+    if y.dtype != z.dtype or y.shape != z.shape:
+        return y * F.silu(z)
+    return _SiLUGate.apply(y, z)

@@ -117,9 +117,10 @@ class SelectiveSSM(nn.Module):
             )
         with autocast_disabled(sequences.device):
             u = sequences.float()
-            projected = torch.einsum("bkwt,kcw->bkct", u, self.x_proj_weight.float())
+            # (K, c, W) @ (B, K, W, T): one batched product over the B * K sequences, no copy of u
+            projected = torch.matmul(self.x_proj_weight.float(), u)
             dt, B, C = projected.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-            delta = torch.einsum("bkrt,kwr->bkwt", dt, self.dt_proj_weight.float())
+            delta = torch.matmul(self.dt_proj_weight.float(), dt)
             y = selective_scan(
                 u.reshape(batch, directions * width, length),
                 delta.reshape(batch, directions * width, length),

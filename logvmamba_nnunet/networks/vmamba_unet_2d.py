@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import Tensor, nn
 
+from logvmamba_nnunet.modules.block import LoGVMambaBlock
 from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.modules.validation import check_positive_int
 from logvmamba_nnunet.networks.vmamba_decoder_2d import LoGVMambaDecoder2D
@@ -70,6 +71,9 @@ class LoGVMambaSwinUMamba2D(nn.Module):
         directions, placement, ltx_squeeze, expand: decoder block settings (the encoder is fixed to VMamba's).
         d_state, scan_backend: for all blocks.
         force_fp32: run the whole network with autocast disabled (the no-AMP trainers).
+        recompute_blocks: in training, every VMamba/LoG-VMamba block (encoder and decoder) keeps only its input and
+            recomputes its activations in backward (``LoGVMambaBlock``'s ``recompute``): same results, far less
+            activation memory, one more forward of the blocks per step.
 
     Forward: x (B, input_channels, H, W), any H, W -> logits (B, num_classes, H, W), or with deep supervision the
     list of logits at ``deep_supervision_scales_2d(len(widths))``, largest first.
@@ -82,7 +86,7 @@ class LoGVMambaSwinUMamba2D(nn.Module):
                  decoder_gtx_squeezes: Sequence[int] | None = None, decoder_blocks_per_level: int = 2,
                  decoder_drop_path_rate: float = 0.2, directions: int = 1, placement: str = "interleaved",
                  ltx_squeeze: int | None = None, expand: float = 2.0, d_state: int = 16,
-                 scan_backend: str = "auto", force_fp32: bool = False) -> None:
+                 scan_backend: str = "auto", force_fp32: bool = False, recompute_blocks: bool = True) -> None:
         super().__init__()
         patch_size = [int(p) for p in patch_size]
         if len(patch_size) != 2 or min(patch_size) < 1:
@@ -105,6 +109,9 @@ class LoGVMambaSwinUMamba2D(nn.Module):
         # PyTorch's default
         self.encoder.apply(init_vmamba_weights)
         self.decoder.apply(InitWeights_He(1e-2))
+        for module in self.modules():
+            if isinstance(module, LoGVMambaBlock):
+                module.recompute = recompute_blocks
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """x: (B, input_channels, H, W) -> (B, num_classes, H, W) or the deep-supervision list (largest first)."""
