@@ -255,3 +255,14 @@ def test_long_sequences_and_block_edges_match_reference(
         assert plan.n_blocks > 2 and plan.n_chunks % plan.chunks_per_block != 0
         assert length % plan.chunk_len != 0
     assert_matches_reference(case, softplus=True, chunk_size=chunk_size)
+
+
+def test_results_of_one_call_survive_the_next() -> None:
+    """The CPU workspace is reused between calls; nothing a call returns may live in it."""
+    first = make_case(300, "default", groups=None, with_D=True, with_z=False, with_bias=True, softplus=True, seed=21)
+    second = make_case(300, "large", groups=None, with_D=True, with_z=False, with_bias=True, softplus=True, seed=22)
+    (y, last, ours), _ = run_both(first, softplus=True)
+    kept = [t.clone() for t in (y, last, *(ours[k].grad for k in NAMES if ours[k] is not None))]
+    run_both(second, softplus=True)
+    for before, after in zip(kept, (y, last, *(ours[k].grad for k in NAMES if ours[k] is not None)), strict=True):
+        assert torch.equal(before, after)

@@ -21,7 +21,12 @@ from logvmamba_nnunet.modules.block import LoGVMambaBlock
 from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.networks.plan_topology import PlanTopology
 from logvmamba_nnunet.networks.residual_unet import ResidualUNetWithStageLayers
-from logvmamba_nnunet.networks.stage_rules import GTX_KINDS, StageMixerConfig, resolve_stage_configs
+from logvmamba_nnunet.networks.stage_rules import (
+    DEFAULT_MAX_GLOBAL_GRID,
+    GTX_KINDS,
+    StageMixerConfig,
+    resolve_stage_configs,
+)
 
 BLOCK_NORM_EPS = 1e-6
 """eps of the blocks' pre-norm LayerNorm, the authors' value in their 3D network (their 2D model keeps 1e-5)."""
@@ -73,29 +78,10 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
                  fp32_blocks: bool = True, scan_backend: str = "auto", force_fp32: bool = False,
                  recompute_blocks: bool = True, **arch_kwargs):
         topology = PlanTopology.from_arch_kwargs(**arch_kwargs)
-        dims = topology.spatial_dims
-        if patch_size is None:
-            raise ValueError("patch_size is required to size the global token extractors: add the plan's patch "
-                             "size to arch_kwargs (e.g. \"patch_size\": [128, 128, 128]).")
-        if len(patch_size) != dims:
-            raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} axes but conv_op is {dims}D; "
-                             f"give {dims} axes.")
-        expand = expand if expand is not None else (2.0 if dims == 2 else 1.0)
-        features = topology.features_per_stage
-        self.stage_configs: list[StageMixerConfig] = resolve_stage_configs(
-            patch_size, topology.strides, [int(expand * f) for f in features], stage_kinds, gtx_strides,
-            gtx_squeezes)
-        layers: list[nn.Module] = []
-        for config, width in zip(self.stage_configs, features):
-            if config.kind == "none":
-                layers.append(nn.Identity())
-                continue
-            has_gtx = config.kind in GTX_KINDS
-            layers.append(ChannelsFirstBlock(LoGVMambaBlock(
-                width, dims, config.kind, drop_path=drop_path_rate, norm_eps=BLOCK_NORM_EPS, fp32=fp32_blocks,
-                planned_size=config.planned_size, expand=expand, d_state=d_state, directions=directions,
-                placement=placement, ltx_squeeze=ltx_squeeze, gtx_stride=config.gtx_stride if has_gtx else 1,
-                gtx_squeeze=config.gtx_squeeze if has_gtx else 1, scan_backend=scan_backend)))
+        self.stage_configs, layers = build_stage_blocks(
+            topology, patch_size, stage_kinds=stage_kinds, gtx_strides=gtx_strides, gtx_squeezes=gtx_squeezes,
+            ltx_squeeze=ltx_squeeze, expand=expand, d_state=d_state, directions=directions, placement=placement,
+            drop_path_rate=drop_path_rate, fp32_blocks=fp32_blocks, scan_backend=scan_backend)
         super().__init__(input_channels, num_classes, topology, layers, deep_supervision)
         self.force_fp32 = force_fp32
         for layer in self.encoder.stage_layers:
@@ -107,6 +93,53 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
             with autocast_disabled(x.device):
                 return super().forward(x.float())
         return super().forward(x)
+
+
+def build_stage_blocks(topology: PlanTopology, patch_size: Sequence[int] | None, *,
+                       stage_kinds: Sequence[str] | None = None, gtx_strides: Sequence[int] | None = None,
+                       gtx_squeezes: Sequence[int] | None = None, max_global_grid: int = DEFAULT_MAX_GLOBAL_GRID,
+                       ltx_squeeze: int | None = None, expand: float | None = None, d_state: int = 16,
+                       directions: int = 1, placement: str = "interleaved", drop_path_rate: float = 0.1,
+                       fp32_blocks: bool = True, scan_backend: str = "auto"
+                       ) -> tuple[list[StageMixerConfig], list[nn.Module]]:
+    """The LoG-family block after each encoder stage of a plan's U-Net, as both 3D topologies build them.
+
+    Args:
+        topology: the plan's U-Net (``PlanTopology.from_arch_kwargs``).
+        patch_size: planned spatial size of the first encoder stage's input (the plan's patch size in
+            ``LoGVMambaUNet``; the max-pooled patch in ``LoGVMambaPooledUNet``); it fixes the GTX grids.
+        stage_kinds, gtx_strides, gtx_squeezes, max_global_grid: the per-stage rule of ``stage_rules`` and its
+            overrides.
+        ltx_squeeze, expand (None: 2 in 2D, 1 in 3D), d_state, directions, placement, scan_backend: every block's.
+        drop_path_rate, fp32_blocks: DropPath probability and float32 setting of every block (the authors' 3D
+            settings by default; LayerNorm eps ``BLOCK_NORM_EPS``).
+
+    Returns the per-stage configurations and one module per stage: a ``ChannelsFirstBlock``, or ``nn.Identity``
+    for kind ``none``. Raises ValueError for a missing patch size or one with the wrong number of axes.
+    """
+    dims = topology.spatial_dims
+    if patch_size is None:
+        raise ValueError("patch_size is required to size the global token extractors: add the plan's patch "
+                         "size to arch_kwargs (e.g. \"patch_size\": [128, 128, 128]).")
+    if len(patch_size) != dims:
+        raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} axes but conv_op is {dims}D; "
+                         f"give {dims} axes.")
+    expand = expand if expand is not None else (2.0 if dims == 2 else 1.0)
+    features = topology.features_per_stage
+    configs = resolve_stage_configs(patch_size, topology.strides, [int(expand * f) for f in features], stage_kinds,
+                                    gtx_strides, gtx_squeezes, max_global_grid)
+    layers: list[nn.Module] = []
+    for config, width in zip(configs, features):
+        if config.kind == "none":
+            layers.append(nn.Identity())
+            continue
+        has_gtx = config.kind in GTX_KINDS
+        layers.append(ChannelsFirstBlock(LoGVMambaBlock(
+            width, dims, config.kind, drop_path=drop_path_rate, norm_eps=BLOCK_NORM_EPS, fp32=fp32_blocks,
+            planned_size=config.planned_size, expand=expand, d_state=d_state, directions=directions,
+            placement=placement, ltx_squeeze=ltx_squeeze, gtx_stride=config.gtx_stride if has_gtx else 1,
+            gtx_squeeze=config.gtx_squeeze if has_gtx else 1, scan_backend=scan_backend)))
+    return configs, layers
 
 
 def brats_reference_arch_kwargs() -> dict:

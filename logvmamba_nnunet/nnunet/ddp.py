@@ -28,6 +28,7 @@ from torch import nn
 from torch._dynamo.eval_frame import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from logvmamba_nnunet.networks.log_vmamba_pooled_unet import PooledResidualDecoder
 from logvmamba_nnunet.networks.vmamba_decoder_2d import LoGVMambaDecoder2D
 
 
@@ -36,20 +37,21 @@ def deep_supervision_head_names(network: nn.Module) -> list[str]:
     deep-supervision outputs use: every head of ``network.decoder`` except the full-resolution one.
 
     Supports decoders of dynamic-network-architectures (``UNetDecoder``, ``UNetResDecoder``: full resolution is
-    the last of ``seg_layers``; the 3D LoG-VMamba U-Net and nnU-Net's U-Nets) and ``LoGVMambaDecoder2D`` (full
-    resolution is the first of ``heads``). Raises ValueError for a network without such a decoder.
+    the last of ``seg_layers``; the 3D LoG-VMamba U-Net and nnU-Net's U-Nets), ``LoGVMambaDecoder2D`` and the
+    pooled LoG-VMamba U-Net's ``PooledResidualDecoder`` (full resolution is the first of ``heads``). Raises
+    ValueError for a network without such a decoder.
     """
     decoder = getattr(network, "decoder", None)
     if isinstance(decoder, (UNetDecoder, UNetResDecoder)):
         prefix, heads = "decoder.seg_layers", dict(enumerate(decoder.seg_layers))
         heads.pop(len(decoder.seg_layers) - 1)
-    elif isinstance(decoder, LoGVMambaDecoder2D):
+    elif isinstance(decoder, (LoGVMambaDecoder2D, PooledResidualDecoder)):
         prefix, heads = "decoder.heads", dict(enumerate(decoder.heads))
         heads.pop(0)
     else:
         raise ValueError(f"{type(network).__name__} has no decoder with deep-supervision heads this function knows "
-                         "(UNetDecoder, UNetResDecoder, LoGVMambaDecoder2D); pass the unwrapped network (not the "
-                         "DDP or torch.compile wrapper).")
+                         "(UNetDecoder, UNetResDecoder, LoGVMambaDecoder2D, PooledResidualDecoder); pass the "
+                         "unwrapped network (not the DDP or torch.compile wrapper).")
     return [f"{prefix}.{index}.{name}" for index, head in heads.items() for name, _ in head.named_parameters()]
 
 

@@ -30,6 +30,7 @@ and copies its outputs back.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -51,6 +52,13 @@ calls cost little next to their arithmetic."""
 
 _ACCELERATOR_BLOCK_ELEMENTS = 1 << 24
 """Upper bound on one block buffer on other devices, where one block normally holds every chunk."""
+
+_KEPT_WORKSPACE_ELEMENTS = 1 << 23
+"""Largest CPU workspace kept between calls (32 MiB in float32): a fresh one would have all its pages faulted
+in again by the kernel on every call, which costs about as much as a pass over it."""
+
+_KEPT_WORKSPACES = threading.local()
+"""Per thread, the last CPU workspace of each dtype (a flat tensor), reused by the next call that fits in it."""
 
 
 def default_chunk_size(length: int) -> int:
@@ -213,6 +221,24 @@ def _view(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return flat[: math.prod(shape)].view(shape)
 
 
+def _workspace_memory(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A flat uninitialised tensor of ``numel`` elements with the dtype and device of ``like``.
+
+    On the CPU, up to ``_KEPT_WORKSPACE_ELEMENTS`` elements are kept per thread and dtype and handed to the
+    next call, so that repeated calls do not fault the same pages in again. A workspace never leaves a call:
+    every tensor that a call returns or saves is a copy.
+    """
+    if like.device.type != "cpu" or numel > _KEPT_WORKSPACE_ELEMENTS:
+        return like.new_empty(numel)
+    kept = getattr(_KEPT_WORKSPACES, "by_dtype", None)
+    if kept is None:
+        kept = _KEPT_WORKSPACES.by_dtype = {}
+    memory = kept.get(like.dtype)
+    if memory is None or memory.numel() < numel:
+        memory = kept[like.dtype] = like.new_empty(numel)
+    return memory[:numel]
+
+
 class _Workspace:
     """Flat buffers reused by every block, so that no block pages in fresh memory (which costs more than the
     arithmetic): ``count`` block buffers (T, K, b, g, n, h), four chunk-state buffers (K, b, g, n, h), a
@@ -228,13 +254,20 @@ class _Workspace:
         self.chunk_len = plan.chunk_len
         chunk_state = math.prod(self.state_shape)
         steps = plan.chunks_per_block * plan.chunk_len
-        new = seq.u[0].new_empty
-        self.blocks = [new(steps * chunk_state) for _ in range(count)]
-        self.chunk_states = [new(plan.chunks_per_block * chunk_state) for _ in range(4)]
         b, g = self.state_shape[:2]
+        sizes = (
+            [steps * chunk_state] * count
+            + [plan.chunks_per_block * chunk_state] * 4
+            + [steps * b * g * c for c in sequences.values()]
+            + [steps * b * g * max(sequences.values())] * 2
+        )
+        flat = _workspace_memory(sum(sizes), seq.u[0])
+        buffers = list(flat.split(sizes))
+        self.blocks = buffers[:count]
+        self.chunk_states = buffers[count : count + 4]
         self.sequence_shapes = {name: (b, g, c) for name, c in sequences.items()}
-        self.sequences = {name: new(steps * b * g * c) for name, c in sequences.items()}
-        self.staging = [new(steps * b * g * max(sequences.values())) for _ in range(2)]
+        self.sequences = dict(zip(sequences, buffers[count + 4 : -2], strict=True))
+        self.staging = buffers[-2:]
         self.views: dict[tuple, torch.Tensor | tuple[torch.Tensor, ...]] = {}
 
     def _cached(self, key: tuple, make: Callable[[], torch.Tensor | tuple[torch.Tensor, ...]]):
@@ -316,11 +349,7 @@ class _Block:
         x = workspace.gather("x", seq.delta[index])
         if seq.delta_bias is not None:
             x.add_(seq.delta_bias)
-        dt = workspace.sequence("dt", chunks)
-        if seq.softplus:
-            torch._C._nn.softplus(x, 1.0, SOFTPLUS_THRESHOLD, out=dt)
-        else:
-            dt.copy_(x)
+        dt = F.softplus(x, threshold=SOFTPLUS_THRESHOLD) if seq.softplus else x
         padding = plan.length - (plan.n_chunks - 1) * plan.chunk_len if stop == plan.n_chunks else plan.chunk_len
         if padding < plan.chunk_len:
             dt[padding:, -1] = 0
@@ -388,7 +417,7 @@ def _sequence_sizes(seq: _Sequences, names: tuple[str, ...]) -> dict[str, int]:
     return {name: n if name in ("B", "C") or name.endswith("_n") else h for name in names}
 
 
-_BLOCK_SEQUENCES = ("x", "dt", "u", "du", "B", "C", "out_h")
+_BLOCK_SEQUENCES = ("x", "u", "du", "B", "C", "out_h")
 
 
 def _forward_scan(seq: _Sequences) -> tuple[torch.Tensor, torch.Tensor]:

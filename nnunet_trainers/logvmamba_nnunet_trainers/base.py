@@ -17,6 +17,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch._dynamo.eval_frame import OptimizedModule
 
+from logvmamba_nnunet.networks.log_vmamba_pooled_unet import LoGVMambaPooledUNet
+from logvmamba_nnunet.networks.log_vmamba_pooled_unet import deep_supervision_scales as pooled_deep_supervision_scales
 from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet
 from logvmamba_nnunet.networks.vmamba_encoder_2d import VMAMBA_TINY_WIDTHS
 from logvmamba_nnunet.networks.vmamba_unet_2d import LoGVMambaSwinUMamba2D, deep_supervision_scales_2d
@@ -166,7 +168,9 @@ class PluginTrainer(nnUNetTrainer):
 class LoGFamilyTrainer(PluginTrainer):
     """Builds the LoG family's networks; the recipes (optimizer, schedule) are in the subclasses.
 
-    3D configurations get the LoG-VMamba U-Net (``LoGVMambaUNet``: U-Mamba-Enc with LoG-family encoder blocks);
+    3D configurations get the LoG-VMamba U-Net (``topology = "stage"``: ``LoGVMambaUNet``, U-Mamba-Enc with LoG-family
+    encoder blocks at every stage's resolution; ``topology = "pooled"``: ``LoGVMambaPooledUNet``, the authors'
+    released topology with every block after a 2x max-pooling of the stem);
     2D configurations the paper's 2D model, Swin-UMamba-dagger with a LoG-VMamba decoder
     (``LoGVMambaSwinUMamba2D``), unless ``use_vmamba_2d`` is False. Class attributes describe the network, so every
     variant is a small subclass and ``build_network_architecture`` (a classmethod, which nnU-Net calls like its
@@ -176,9 +180,12 @@ class LoGFamilyTrainer(PluginTrainer):
       stage (3D) / decoder block (2D: None means ``local_global``; ``vss`` is Swin-UMamba-dagger's decoder);
     - ``placement``, ``directions``: global-token placement and scan directions of every block;
     - ``force_fp32``: the whole network in fp32 and no gradient scaler;
-    - ``use_vmamba_2d``: which network 2D configurations get.
+    - ``use_vmamba_2d``: which network 2D configurations get;
+    - ``topology``: ``"stage"`` or ``"pooled"``, the U-Net for 3D configurations (and 2D ones without
+      ``use_vmamba_2d``).
     """
 
+    topology: str = "stage"
     stage_kind: str | None = None
     placement: str = "interleaved"
     directions: int = 1
@@ -219,11 +226,19 @@ class LoGFamilyTrainer(PluginTrainer):
                                          patch_size=configuration_manager.patch_size, **cls.network_2d_overrides())
         kwargs = network_kwargs_from_configuration(configuration_manager)
         kwargs.update(cls.network_overrides(kwargs["n_stages"]))
-        return LoGVMambaUNet(num_input_channels, num_output_channels, enable_deep_supervision, **kwargs)
+        if cls.topology not in ("stage", "pooled"):
+            raise ValueError(f"{cls.__name__}.topology is {cls.topology!r}; use 'stage' (LoGVMambaUNet) or 'pooled' "
+                             "(LoGVMambaPooledUNet).")
+        network_class = LoGVMambaPooledUNet if cls.topology == "pooled" else LoGVMambaUNet
+        return network_class(num_input_channels, num_output_channels, enable_deep_supervision, **kwargs)
 
     def _get_deep_supervision_scales(self):
-        """The 2D VMamba network's outputs are at full, 1/4, 1/8, 1/16 size, not at the plan's pooling scales."""
-        if not (self.enable_deep_supervision and self.builds_vmamba_2d(self.configuration_manager)):
-            return super()._get_deep_supervision_scales()
-        widths = self.network_2d_overrides().get("widths", VMAMBA_TINY_WIDTHS)
-        return deep_supervision_scales_2d(len(widths))
+        """The 2D VMamba network's outputs are at full, 1/4, 1/8, 1/16 size, and the pooled U-Net's at full size, then
+        at each encoder stage's pooled size; neither at the plan's pooling scales."""
+        if self.enable_deep_supervision and self.builds_vmamba_2d(self.configuration_manager):
+            widths = self.network_2d_overrides().get("widths", VMAMBA_TINY_WIDTHS)
+            return deep_supervision_scales_2d(len(widths))
+        if self.enable_deep_supervision and self.topology == "pooled":
+            return pooled_deep_supervision_scales(self.configuration_manager.patch_size,
+                                                  self.configuration_manager.pool_op_kernel_sizes)
+        return super()._get_deep_supervision_scales()

@@ -125,3 +125,19 @@ class nnUNetTrainerLoGVMamba_Demo(nnUNetTrainerLoGVMamba):
     epochs = 6
     iterations_per_epoch = 12
     val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerLoGVMamba_StageTopology(nnUNetTrainerLoGVMamba):
+    """The paper's recipe with the 3D U-Net named explicitly: U-Mamba-Enc with every LoG-family block at its encoder
+    stage's resolution (``LoGVMambaUNet``; today the same network as ``nnUNetTrainerLoGVMamba``)."""
+
+    topology = "stage"
+
+
+class nnUNetTrainerLoGVMamba_PooledTopology(nnUNetTrainerLoGVMamba):
+    """The paper's recipe with the authors' released 3D topology (``LoGVMambaPooledUNet``): stem, 2x max-pooling,
+    every encoder stage and LoG-family block at half resolution, decoder with added skips, U-Mamba's depth rule;
+    deep supervision at the full resolution and every decoder level. 2D configurations get the 2D model as with
+    ``nnUNetTrainerLoGVMamba``."""
+
+    topology = "pooled"
