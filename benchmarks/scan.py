@@ -20,8 +20,9 @@ Cases whose estimated memory exceeds ``--max-gib`` are not run and are reported 
 ``--compare-ref REV`` times the ``torch`` backend against its own implementation at git revision ``REV``
 instead: the file ``logvmamba_nnunet/ops/scan_torch.py`` of that revision is loaded into a temporary module
 for the run only. Both run forward+backward on the same inputs in one process, old and new repeats
-interleaved; the table reports the median wall time and the median CPU time of the process (which other jobs
-on the machine inflate less), the speed-up, and the largest difference between the two results.
+interleaved (alternating which goes first). The table reports the median wall time and the median CPU time
+of the process (which other jobs on the machine inflate less), the speed-up, and the largest difference
+between the two results.
 
 Usage:
     python benchmarks/scan.py                      # the default table on CPU, 1 and 2 threads
@@ -303,8 +304,9 @@ def compare_with_revision(revision: str, shapes, threads: int, repeats: int) -> 
         results, timings = {}, {name: [] for name in implementations}
         for name, module in implementations.items():  # warm-up call, also kept for the comparison
             results[name] = _scan_call(module, inputs)[3]
-        for _ in range(repeats):
-            for name, module in implementations.items():
+        for repeat in range(repeats):  # old first in even repeats, new first in odd ones
+            order = list(implementations.items())
+            for name, module in order if repeat % 2 == 0 else order[::-1]:
                 timings[name].append(_scan_call(module, inputs)[:3])
         medians = {}
         for name, times in timings.items():
