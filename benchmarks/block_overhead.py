@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from logvmamba_nnunet.profiling.resident_memory import peak_growth_bytes
 
 ACDC_LIKE = {"patch_size": [10, 64, 56], "features": [32, 64, 128, 256],
              "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
@@ -129,9 +130,7 @@ def peak_memory_in_fresh_process(name: str, args: argparse.Namespace) -> float:
 def first_step_peak(name: str, plans: dict, batch: int) -> float:
     network = network_builders(plans)[name]().train()
     step = training_step(network, plans["configurations"]["3d_fullres"]["patch_size"], batch)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / 2 ** 30
+    return peak_growth_bytes(step) / 2 ** 30
 
 
 def measure(args: argparse.Namespace) -> list[dict]:

@@ -9,8 +9,9 @@ Algorithms (all compute the same Mamba-1 scan with D, delta_bias and softplus, a
 
 Each case reports the best wall time over its repeats and the peak extra memory of its first call:
 - CPU: every case runs in a fresh subprocess; peak extra memory is the growth of the process's resident
-  set high-water mark (``resource.getrusage(...).ru_maxrss``) over the resident set size after the inputs
-  were created. It includes the outputs and, for forward+backward, the gradients.
+  set high-water mark (``VmHWM``, reset after the inputs were created; ``profiling/resident_memory.py``) over
+  the resident set size after the inputs were created. It includes the outputs and, for forward+backward, the
+  gradients.
 - CUDA: ``torch.cuda.max_memory_allocated()`` over the memory allocated after the inputs were created.
 Cases whose estimated memory exceeds ``--max-gib`` are not run and are reported as "skipped (memory)".
 
@@ -40,7 +41,6 @@ import importlib.util
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -57,6 +57,11 @@ import torch.nn.functional as F
 from logvmamba_nnunet.ops import scan_torch, selective_scan
 from logvmamba_nnunet.ops.reference import selective_scan_reference
 from logvmamba_nnunet.ops.scan_inputs import as_grouped
+from logvmamba_nnunet.profiling.resident_memory import (
+    peak_resident_set_bytes,
+    reset_peak_resident_set,
+    resident_set_bytes,
+)
 
 STATE_SIZE = 16
 DEFAULT_SHAPES = ((2, 64, 4096), (2, 64, 32768), (2, 384, 4096), (2, 384, 32768))
@@ -176,15 +181,6 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _call(runner: Callable[[ScanInputs], torch.Tensor], inputs: ScanInputs, mode: str) -> None:
     for tensor in inputs.parameters():
         tensor.grad = None
@@ -210,7 +206,8 @@ def measure_case(algorithm: str, mode: str, shape: tuple[int, int, int], device:
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
     else:
-        baseline = _current_rss_bytes()
+        baseline = resident_set_bytes()
+        reset_peak_resident_set()
     times, peak = [], 0
     for attempt in range(max(1, repeats)):
         start = time.perf_counter()
@@ -218,7 +215,7 @@ def measure_case(algorithm: str, mode: str, shape: tuple[int, int, int], device:
         _synchronize(device)
         times.append(time.perf_counter() - start)
         if attempt == 0:
-            peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_bytes()) - baseline
+            peak = (torch.cuda.max_memory_allocated() if device == "cuda" else peak_resident_set_bytes()) - baseline
         if times[0] > 2.0:
             break
     return {"seconds": min(times), "peak_bytes": max(0, peak)}

@@ -6,8 +6,9 @@ nnU-Net's default ``PlainConvUNet`` with the same kwargs, then times forward + l
 (median of repeats after warm-up) and reports the peak memory and the parameter count.
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` during the step, over what was allocated before it (weights
-and inputs excluded); on the CPU the growth of the process's peak resident set size (``ru_maxrss``) during the
-first step, measured in a fresh subprocess per network so one network's peak cannot hide the other's.
+and inputs excluded); on the CPU the growth of the process's peak resident set (``VmHWM``, reset before the step;
+``logvmamba_nnunet/profiling/resident_memory.py``) during the first step, measured in a fresh subprocess per
+network so one network's peak cannot hide the other's.
 On CUDA the step runs under fp16 autocast with a gradient scaler, as nnU-Net trains.
 
 Usage:
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import pydoc
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +28,8 @@ import time
 
 import torch
 from torch import nn
+
+from logvmamba_nnunet.profiling.resident_memory import peak_growth_bytes
 
 # name -> (network class path, extra keyword arguments); the first is nnU-Net's default network
 NETWORKS = {
@@ -89,15 +91,13 @@ def measure(name: str, patch: list[int], batch: int, device: str, repeats: int) 
         if device == "cuda":
             torch.cuda.synchronize()
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    step()
-    if device == "cuda":
+        step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
+        peak = peak_growth_bytes(step)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

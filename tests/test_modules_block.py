@@ -234,17 +234,45 @@ def test_channels_first_view_gives_a_channels_first_output():
     assert x.grad.is_contiguous()
 
 
+def block_recompute_settings(network: torch.nn.Module) -> set[bool]:
+    blocks = [m for m in network.modules() if isinstance(m, LoGVMambaBlock)]
+    assert blocks
+    return {b.recompute for b in blocks}
+
+
 def test_networks_pass_recompute_blocks_to_every_block():
+    from logvmamba_nnunet.networks.log_vmamba_pooled_unet import (
+        LoGVMambaPooledUNet,
+        brats_reference_pooled_arch_kwargs,
+    )
     from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet, brats_reference_arch_kwargs
     from logvmamba_nnunet.networks.vmamba_unet_2d import LoGVMambaSwinUMamba2D
 
     with torch.device("meta"):
         for recompute in (True, False):
             networks = [LoGVMambaUNet(4, 3, True, recompute_blocks=recompute, **brats_reference_arch_kwargs()),
+                        LoGVMambaPooledUNet(4, 3, True, recompute_blocks=recompute,
+                                            **brats_reference_pooled_arch_kwargs()),
                         LoGVMambaSwinUMamba2D(3, 2, patch_size=(64, 64), recompute_blocks=recompute)]
             for network in networks:
-                blocks = [m for m in network.modules() if isinstance(m, LoGVMambaBlock)]
-                assert blocks and {b.recompute for b in blocks} == {recompute}
-    with torch.device("meta"):
-        assert all(m.recompute for m in LoGVMambaUNet(4, 3, True, **brats_reference_arch_kwargs()).modules()
-                   if isinstance(m, LoGVMambaBlock))
+                assert block_recompute_settings(network) == {recompute}
+        assert block_recompute_settings(LoGVMambaUNet(4, 3, True, **brats_reference_arch_kwargs())) == {True}
+        assert block_recompute_settings(LoGVMambaPooledUNet(4, 3, True, **brats_reference_pooled_arch_kwargs())) == {
+            True}
+
+
+@pytest.mark.parametrize("topology", ["pooled", "stage"])
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_trainer_attribute_switches_recomputation(topology, configuration):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    import logvmamba_nnunet_trainers as trainers
+    from tests.plans_factory import plans
+
+    manager = PlansManager(plans())
+    for recompute in (True, False):
+        trainer = type("RecomputeTrainer", (trainers.nnUNetTrainerLoGVMamba,),
+                       {"topology": topology, "recompute_blocks": recompute})
+        network = trainer.build_network_architecture(manager, manager.get_configuration(configuration), 1, 3, True)
+        assert block_recompute_settings(network) == {recompute}
+    assert trainers.nnUNetTrainerLoGVMamba.recompute_blocks is True

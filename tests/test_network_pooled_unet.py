@@ -245,7 +245,7 @@ def test_trainer_variants_build_their_topology(tmp_path, monkeypatch):
     pooled = build(trainers.nnUNetTrainerLoGVMamba_PooledTopology)
     assert type(pooled) is LoGVMambaPooledUNet and pooled.stem_pool == (2, 2, 2)
     assert type(build(trainers.nnUNetTrainerLoGVMamba_StageTopology)) is LoGVMambaUNet
-    assert type(build(trainers.nnUNetTrainerLoGVMamba)) is LoGVMambaUNet  # the default is unchanged
+    assert type(build(trainers.nnUNetTrainerLoGVMamba)) is LoGVMambaPooledUNet  # the default topology
     assert type(build(trainers.nnUNetTrainerLoGVMamba_PooledTopology, "2d")) is LoGVMambaSwinUMamba2D
     mixers = [layer.block.mixer for layer in pooled.encoder.stage_layers if isinstance(layer, ChannelsFirstBlock)]
     assert {m.layout.placement for m in mixers} == {"interleaved"} and len(mixers) == 3

@@ -10,6 +10,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 import logvmamba_nnunet_trainers as trainers
 import tests.ext_trainers_for_tests.tiny_trainers as tiny_trainers
+from logvmamba_nnunet.networks.log_vmamba_pooled_unet import LoGVMambaPooledUNet
 from logvmamba_nnunet.networks.log_vmamba_unet import LoGVMambaUNet
 from logvmamba_nnunet.networks.vmamba_decoder_2d import LoGVMambaDecoder2D, PatchExpand2D
 from logvmamba_nnunet.networks.vmamba_encoder_2d import (
@@ -307,9 +308,12 @@ def test_trainers_build_the_vmamba_model_for_2d_with_their_decoder_mixer(name, k
     assert {b.mixer.kind for stage in net.encoder.stages for b in stage} == {"vss"}
 
 
-def test_unet_trainer_keeps_the_unet_for_2d_and_3d_is_unchanged():
-    assert isinstance(_trainer_network(trainers.nnUNetTrainerLoGVMambaUNet, "2d"), LoGVMambaUNet)
-    assert isinstance(_trainer_network(trainers.nnUNetTrainerLoGVMamba, "3d_fullres"), LoGVMambaUNet)
+def test_unet_trainer_keeps_the_unet_for_2d_and_3d_gets_the_pooled_topology_by_default():
+    assert isinstance(_trainer_network(trainers.nnUNetTrainerLoGVMambaUNet, "2d"), LoGVMambaPooledUNet)
+    assert isinstance(_trainer_network(trainers.nnUNetTrainerLoGVMamba, "3d_fullres"), LoGVMambaPooledUNet)
+    assert isinstance(_trainer_network(trainers.nnUNetTrainerLoGVMamba_PooledTopology, "3d_fullres"),
+                      LoGVMambaPooledUNet)
+    assert isinstance(_trainer_network(trainers.nnUNetTrainerLoGVMamba_StageTopology, "3d_fullres"), LoGVMambaUNet)
 
 
 def test_deep_supervision_scales_of_the_trainers(tmp_path, monkeypatch):
@@ -321,5 +325,8 @@ def test_deep_supervision_scales_of_the_trainers(tmp_path, monkeypatch):
 
     assert scales(trainers.nnUNetTrainerLoGVMamba, "2d") == deep_supervision_scales_2d(4)
     assert scales(tiny_trainers.nnUNetTrainerSwinUMambaLoG_Tiny, "2d") == deep_supervision_scales_2d(4)
-    assert scales(trainers.nnUNetTrainerLoGVMambaUNet, "2d") == [[1.0, 1.0], [0.5, 0.5]]
-    assert scales(trainers.nnUNetTrainerLoGVMamba, "3d_fullres") == [[1.0, 1.0, 1.0], [0.5, 0.5, 0.5]]
+    assert scales(trainers.nnUNetTrainerLoGVMambaUNet, "2d") == _trainer_network(
+        trainers.nnUNetTrainerLoGVMambaUNet, "2d").deep_supervision_scales()
+    assert scales(trainers.nnUNetTrainerLoGVMamba, "3d_fullres") == _trainer_network(
+        trainers.nnUNetTrainerLoGVMamba, "3d_fullres").deep_supervision_scales()
+    assert scales(trainers.nnUNetTrainerLoGVMamba_StageTopology, "3d_fullres") == [[1.0, 1.0, 1.0], [0.5, 0.5, 0.5]]

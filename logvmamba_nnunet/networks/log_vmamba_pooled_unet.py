@@ -230,8 +230,9 @@ class LoGVMambaPooledUNet(nn.Module):
         max_global_grid: bound on the GTX grid positions in the per-stage rule (None: 512 = 8^3 in 3D, the
             authors' grids; 4096 = 64^2 in 2D).
         stage_kinds, gtx_strides, gtx_squeezes, ltx_squeeze, expand, d_state, directions, placement,
-        drop_path_rate, fp32_blocks, scan_backend, force_fp32: as ``LoGVMambaUNet`` (the same blocks, built by
-            ``build_stage_blocks``; the 3D defaults are the authors' LayerNorm eps 1e-6, DropPath 0.1, fp32 blocks).
+        drop_path_rate, fp32_blocks, scan_backend, force_fp32, recompute_blocks: as ``LoGVMambaUNet`` (the same
+            blocks, built by ``build_stage_blocks``; the 3D defaults are the authors' LayerNorm eps 1e-6, DropPath
+            0.1, fp32 blocks).
         **arch_kwargs: the plan's ``architecture.arch_kwargs`` (see ``PlanTopology.from_arch_kwargs``).
 
     Every Conv2d/Conv3d, those in the blocks included, gets ``InitWeights_He(1e-2)``, as the authors' whole model.
@@ -249,7 +250,7 @@ class LoGVMambaPooledUNet(nn.Module):
                  gtx_squeezes: Sequence[int] | None = None, ltx_squeeze: int | None = None,
                  expand: float | None = None, d_state: int = 16, directions: int = 1, placement: str = "interleaved",
                  drop_path_rate: float = 0.1, fp32_blocks: bool = True, scan_backend: str = "auto",
-                 force_fp32: bool = False, **arch_kwargs):
+                 force_fp32: bool = False, recompute_blocks: bool = True, **arch_kwargs):
         super().__init__()
         topology = PlanTopology.from_arch_kwargs(**arch_kwargs)
         if umamba_depth_rule:
@@ -268,7 +269,7 @@ class LoGVMambaPooledUNet(nn.Module):
             topology, pooled, stage_kinds=stage_kinds, gtx_strides=gtx_strides, gtx_squeezes=gtx_squeezes,
             max_global_grid=max_global_grid, ltx_squeeze=ltx_squeeze, expand=expand, d_state=d_state,
             directions=directions, placement=placement, drop_path_rate=drop_path_rate, fp32_blocks=fp32_blocks,
-            scan_backend=scan_backend)
+            scan_backend=scan_backend, recompute_blocks=recompute_blocks)
         self.encoder = PooledResidualEncoder(input_channels, topology, layers, self.stem_pool)
         self.decoder = PooledResidualDecoder(topology, num_classes, deep_supervision)
         self.force_fp32 = force_fp32

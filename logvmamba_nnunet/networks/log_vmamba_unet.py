@@ -81,12 +81,10 @@ class LoGVMambaUNet(ResidualUNetWithStageLayers):
         self.stage_configs, layers = build_stage_blocks(
             topology, patch_size, stage_kinds=stage_kinds, gtx_strides=gtx_strides, gtx_squeezes=gtx_squeezes,
             ltx_squeeze=ltx_squeeze, expand=expand, d_state=d_state, directions=directions, placement=placement,
-            drop_path_rate=drop_path_rate, fp32_blocks=fp32_blocks, scan_backend=scan_backend)
+            drop_path_rate=drop_path_rate, fp32_blocks=fp32_blocks, scan_backend=scan_backend,
+            recompute_blocks=recompute_blocks)
         super().__init__(input_channels, num_classes, topology, layers, deep_supervision)
         self.force_fp32 = force_fp32
-        for layer in self.encoder.stage_layers:
-            if isinstance(layer, ChannelsFirstBlock):
-                layer.block.recompute = recompute_blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.force_fp32:
@@ -100,7 +98,7 @@ def build_stage_blocks(topology: PlanTopology, patch_size: Sequence[int] | None,
                        gtx_squeezes: Sequence[int] | None = None, max_global_grid: int = DEFAULT_MAX_GLOBAL_GRID,
                        ltx_squeeze: int | None = None, expand: float | None = None, d_state: int = 16,
                        directions: int = 1, placement: str = "interleaved", drop_path_rate: float = 0.1,
-                       fp32_blocks: bool = True, scan_backend: str = "auto"
+                       fp32_blocks: bool = True, scan_backend: str = "auto", recompute_blocks: bool = True
                        ) -> tuple[list[StageMixerConfig], list[nn.Module]]:
     """The LoG-family block after each encoder stage of a plan's U-Net, as both 3D topologies build them.
 
@@ -113,6 +111,7 @@ def build_stage_blocks(topology: PlanTopology, patch_size: Sequence[int] | None,
         ltx_squeeze, expand (None: 2 in 2D, 1 in 3D), d_state, directions, placement, scan_backend: every block's.
         drop_path_rate, fp32_blocks: DropPath probability and float32 setting of every block (the authors' 3D
             settings by default; LayerNorm eps ``BLOCK_NORM_EPS``).
+        recompute_blocks: every block's ``recompute`` (``LoGVMambaBlock``): keep only its input for backward.
 
     Returns the per-stage configurations and one module per stage: a ``ChannelsFirstBlock``, or ``nn.Identity``
     for kind ``none``. Raises ValueError for a missing patch size or one with the wrong number of axes.
@@ -138,7 +137,7 @@ def build_stage_blocks(topology: PlanTopology, patch_size: Sequence[int] | None,
             width, dims, config.kind, drop_path=drop_path_rate, norm_eps=BLOCK_NORM_EPS, fp32=fp32_blocks,
             planned_size=config.planned_size, expand=expand, d_state=d_state, directions=directions,
             placement=placement, ltx_squeeze=ltx_squeeze, gtx_stride=config.gtx_stride if has_gtx else 1,
-            gtx_squeeze=config.gtx_squeeze if has_gtx else 1, scan_backend=scan_backend)))
+            gtx_squeeze=config.gtx_squeeze if has_gtx else 1, scan_backend=scan_backend, recompute=recompute_blocks)))
     return configs, layers
 
 

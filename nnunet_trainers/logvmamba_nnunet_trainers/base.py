@@ -168,9 +168,10 @@ class PluginTrainer(nnUNetTrainer):
 class LoGFamilyTrainer(PluginTrainer):
     """Builds the LoG family's networks; the recipes (optimizer, schedule) are in the subclasses.
 
-    3D configurations get the LoG-VMamba U-Net (``topology = "stage"``: ``LoGVMambaUNet``, U-Mamba-Enc with LoG-family
-    encoder blocks at every stage's resolution; ``topology = "pooled"``: ``LoGVMambaPooledUNet``, the authors'
-    released topology with every block after a 2x max-pooling of the stem);
+    3D configurations get the LoG-VMamba U-Net (``topology = "pooled"``, the default: ``LoGVMambaPooledUNet``, the
+    authors' released topology with every block after a 2x max-pooling of the stem; ``topology = "stage"``:
+    ``LoGVMambaUNet``, U-Mamba-Enc with LoG-family encoder blocks at every stage's resolution; docs/architecture.md
+    gives the measurements behind the default);
     2D configurations the paper's 2D model, Swin-UMamba-dagger with a LoG-VMamba decoder
     (``LoGVMambaSwinUMamba2D``), unless ``use_vmamba_2d`` is False. Class attributes describe the network, so every
     variant is a small subclass and ``build_network_architecture`` (a classmethod, which nnU-Net calls like its
@@ -180,16 +181,19 @@ class LoGFamilyTrainer(PluginTrainer):
       stage (3D) / decoder block (2D: None means ``local_global``; ``vss`` is Swin-UMamba-dagger's decoder);
     - ``placement``, ``directions``: global-token placement and scan directions of every block;
     - ``force_fp32``: the whole network in fp32 and no gradient scaler;
+    - ``recompute_blocks``: every LoG-family/VMamba block keeps only its input for backward and recomputes its
+      activations there (same results, far less activation memory, one more forward of the blocks);
     - ``use_vmamba_2d``: which network 2D configurations get;
-    - ``topology``: ``"stage"`` or ``"pooled"``, the U-Net for 3D configurations (and 2D ones without
+    - ``topology``: ``"pooled"`` or ``"stage"``, the U-Net for 3D configurations (and 2D ones without
       ``use_vmamba_2d``).
     """
 
-    topology: str = "stage"
+    topology: str = "pooled"
     stage_kind: str | None = None
     placement: str = "interleaved"
     directions: int = 1
     force_fp32: bool = False
+    recompute_blocks: bool = True
     use_vmamba_2d: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -201,7 +205,8 @@ class LoGFamilyTrainer(PluginTrainer):
     @classmethod
     def network_overrides(cls, n_stages: int) -> dict:
         """Keyword arguments this trainer adds to the plan's architecture kwargs (3D network)."""
-        overrides = {"placement": cls.placement, "directions": cls.directions, "force_fp32": cls.force_fp32}
+        overrides = {"placement": cls.placement, "directions": cls.directions, "force_fp32": cls.force_fp32,
+                     "recompute_blocks": cls.recompute_blocks}
         if cls.stage_kind is not None:
             overrides["stage_kinds"] = [cls.stage_kind] * n_stages
         return overrides
@@ -210,7 +215,7 @@ class LoGFamilyTrainer(PluginTrainer):
     def network_2d_overrides(cls) -> dict:
         """Keyword arguments of ``LoGVMambaSwinUMamba2D`` for 2D configurations (besides the patch size)."""
         return {"decoder_kind": cls.stage_kind or "local_global", "placement": cls.placement,
-                "directions": cls.directions, "force_fp32": cls.force_fp32}
+                "directions": cls.directions, "force_fp32": cls.force_fp32, "recompute_blocks": cls.recompute_blocks}
 
     @classmethod
     def builds_vmamba_2d(cls, configuration_manager: ConfigurationManager) -> bool:

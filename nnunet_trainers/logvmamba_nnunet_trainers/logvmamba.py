@@ -19,8 +19,8 @@ from logvmamba_nnunet_trainers.base import LoGFamilyTrainer
 
 
 class nnUNetTrainerLoGVMamba(LoGFamilyTrainer):
-    """LoG-VMamba networks (3D: U-Mamba-Enc with LoG-family encoder blocks; 2D: Swin-UMamba-dagger with a
-    LoG-VMamba decoder) with the paper's recipe."""
+    """LoG-VMamba networks (3D: the authors' released topology, ``LoGVMambaPooledUNet``; 2D: Swin-UMamba-dagger
+    with a LoG-VMamba decoder) with the paper's recipe."""
 
     learning_rate = 1e-4
     optimizer_weight_decay = 1e-4
@@ -32,7 +32,8 @@ class nnUNetTrainerLoGVMamba(LoGFamilyTrainer):
 
 
 class nnUNetTrainerLoGVMambaUNet(nnUNetTrainerLoGVMamba):
-    """The LoG-VMamba U-Net (U-Mamba-Enc topology) for every configuration, 2D included."""
+    """The 3D configurations' LoG-VMamba U-Net (``topology``, the pooled one by default) for every configuration,
+    2D included."""
 
     use_vmamba_2d = False
 
@@ -128,16 +129,16 @@ class nnUNetTrainerLoGVMamba_Demo(nnUNetTrainerLoGVMamba):
 
 
 class nnUNetTrainerLoGVMamba_StageTopology(nnUNetTrainerLoGVMamba):
-    """The paper's recipe with the 3D U-Net named explicitly: U-Mamba-Enc with every LoG-family block at its encoder
-    stage's resolution (``LoGVMambaUNet``; today the same network as ``nnUNetTrainerLoGVMamba``)."""
+    """The paper's recipe with U-Mamba-Enc's 3D topology: every LoG-family block at its encoder stage's resolution
+    (``LoGVMambaUNet``), 2-3x the default network's cost (docs/architecture.md)."""
 
     topology = "stage"
 
 
 class nnUNetTrainerLoGVMamba_PooledTopology(nnUNetTrainerLoGVMamba):
-    """The paper's recipe with the authors' released 3D topology (``LoGVMambaPooledUNet``): stem, 2x max-pooling,
-    every encoder stage and LoG-family block at half resolution, decoder with added skips, U-Mamba's depth rule;
-    deep supervision at the full resolution and every decoder level. 2D configurations get the 2D model as with
-    ``nnUNetTrainerLoGVMamba``."""
+    """The paper's recipe with the authors' released 3D topology named explicitly (``LoGVMambaPooledUNet``; today the
+    same network as ``nnUNetTrainerLoGVMamba``): stem, 2x max-pooling, every encoder stage and LoG-family block at
+    half resolution, decoder with added skips, U-Mamba's depth rule; deep supervision at the full resolution and
+    every decoder level. 2D configurations get the 2D model as with ``nnUNetTrainerLoGVMamba``."""
 
     topology = "pooled"
