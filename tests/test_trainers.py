@@ -131,3 +131,51 @@ def test_no_deep_supervision_trainer_freezes_the_unused_heads(tmp_path, monkeypa
     assert isinstance(output, torch.Tensor) and output.shape == (1, 3, *sizes)
     plain = build(trainers.nnUNetTrainerLoGVMamba, configuration, deep_supervision=False)
     assert network.state_dict().keys() == plain.state_dict().keys()
+
+
+def _without_blocks(state: dict) -> dict:
+    return {name: tensor for name, tensor in state.items() if ".blocks." not in name}
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_no_mamba_network_is_the_default_network_without_its_log_family_blocks(configuration):
+    from logvmamba_nnunet.modules.block import LoGVMambaBlock
+
+    default, backbone = build(trainers.nnUNetTrainerLoGVMamba, configuration), build(
+        trainers.nnUNetTrainerLoGVMamba_NoMamba, configuration)
+    log_blocks = [m for m in default.modules() if isinstance(m, LoGVMambaBlock) and m.mixer.kind != "vss"]
+    assert log_blocks
+    assert not [m for m in backbone.modules() if isinstance(m, LoGVMambaBlock) and m.mixer.kind != "vss"]
+    if configuration == "3d_fullres":
+        assert not [m for m in backbone.modules() if isinstance(m, LoGVMambaBlock)]
+        kept = {n: p.shape for n, p in default.named_parameters() if "stage_layers" not in n}
+    else:  # 2D: the VMamba encoder stays, the decoder loses its blocks
+        assert not [m for m in backbone.decoder.modules() if isinstance(m, LoGVMambaBlock)]
+        kept = {n: p.shape for n, p in default.named_parameters() if not n.startswith("decoder.levels") or
+                ".blocks." not in n}
+    assert {n: p.shape for n, p in backbone.named_parameters()} == kept
+    block_parameters = sum(p.numel() for m in log_blocks for p in m.parameters())
+    assert sum(p.numel() for p in backbone.parameters()) == sum(p.numel() for p in default.parameters()) - \
+        block_parameters
+    x = torch.randn(1, 1, *([16] * (3 if configuration == "3d_fullres" else 2)))
+    assert backbone.eval()(x)[0].shape == default.eval()(x)[0].shape
+
+
+def test_nnunet_recipe_trainer_builds_the_default_network_with_nnunets_optimizer(tmp_path, monkeypatch):
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    trainer = make_trainer(trainers.nnUNetTrainerLoGVMamba_nnUNetRecipe)
+    assert (trainer.initial_lr, trainer.weight_decay) == (1e-2, 3e-5)
+    trainer.network = build(trainers.nnUNetTrainerLoGVMamba_nnUNetRecipe)
+    default = build(trainers.nnUNetTrainerLoGVMamba)
+    assert type(trainer.network) is type(default)
+    assert {n: p.shape for n, p in trainer.network.named_parameters()} == {
+        n: p.shape for n, p in default.named_parameters()}
+    optimizer, scheduler = trainer.configure_optimizers()
+    assert type(optimizer) is torch.optim.SGD and isinstance(scheduler, PolyLRScheduler)
+    (group,) = optimizer.param_groups
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (1e-2, 0.99, True, 3e-5)
+    assert len(group["params"]) == len(list(trainer.network.parameters()))
+    scheduler.step(500)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 - 500 / 1000) ** 0.9)

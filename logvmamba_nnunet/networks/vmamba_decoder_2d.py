@@ -29,6 +29,7 @@ from logvmamba_nnunet.modules.validation import check_choice, check_positive_int
 
 DEFAULT_DECODER_GTX_STRIDES = (2, 2, 4)
 DEFAULT_DECODER_GTX_SQUEEZES = (2, 1, 1)
+DECODER_KINDS = (*MIXER_KINDS, "none")
 
 
 class PatchExpand2D(nn.Module):
@@ -99,7 +100,9 @@ class LoGVMambaDecoder2D(nn.Module):
         level_sizes: planned spatial size (h, w) of every encoder stage (the padded patch size / 4 / 2^s);
             fixes the GTX grids (inputs of other sizes still work).
         deep_supervision: return every head's output (highest resolution first) instead of the full-size one.
-        kind: mixer kind of every decoder block, one of ``MIXER_KINDS``; ``vss`` gives Swin-UMamba-dagger.
+        kind: mixer kind of every decoder block, one of ``DECODER_KINDS``; ``vss`` gives Swin-UMamba-dagger;
+            ``none`` builds no block (each level is the patch expand and the merge only, the backbone-only
+            baseline).
         gtx_strides, gtx_squeezes: per level, deepest first; None -> the authors' (2, 2, 4) and (2, 1, 1).
         blocks_per_level: LoG-VMamba blocks per level.
         directions, placement, ltx_squeeze, expand, d_state, scan_backend: passed to every block.
@@ -116,7 +119,7 @@ class LoGVMambaDecoder2D(nn.Module):
                  ltx_squeeze: int | None = None, expand: float = 2.0, d_state: int = 16,
                  drop_path_rate: float = 0.2, scan_backend: str = "auto") -> None:
         super().__init__()
-        check_choice("kind", kind, MIXER_KINDS)
+        check_choice("kind", kind, DECODER_KINDS)
         check_positive_int("num_classes", num_classes)
         check_positive_int("blocks_per_level", blocks_per_level)
         widths = [int(w) for w in widths]
@@ -127,6 +130,7 @@ class LoGVMambaDecoder2D(nn.Module):
         strides = _per_level("gtx_strides", gtx_strides, DEFAULT_DECODER_GTX_STRIDES, n_levels)
         squeezes = _per_level("gtx_squeezes", gtx_squeezes, DEFAULT_DECODER_GTX_SQUEEZES, n_levels)
         has_gtx = kind in GLOBAL_KINDS
+        blocks_per_level = 0 if kind == "none" else blocks_per_level
         n_blocks = n_levels * blocks_per_level
         rates = [drop_path_rate * (1 - index / max(n_blocks - 1, 1)) for index in range(n_blocks)]
         self.deep_supervision = deep_supervision

@@ -57,6 +57,26 @@ class nnUNetTrainerVSSMamba(nnUNetTrainerLoGVMamba):
     stage_kind = "vss"
 
 
+class nnUNetTrainerLoGVMamba_NoMamba(nnUNetTrainerLoGVMamba):
+    """Backbone-only baseline: ``nnUNetTrainerLoGVMamba``'s network and recipe with every LoG-family block removed
+    (3D: no block after any encoder stage; 2D: a decoder without blocks, the VMamba encoder unchanged), so a
+    comparison shows what the blocks add (as U-Mamba's "No-Mamba Base" in nnU-Net Revisited, Isensee et al. 2024)."""
+
+    stage_kind = "none"
+
+
+class nnUNetTrainerLoGVMamba_nnUNetRecipe(nnUNetTrainerLoGVMamba):
+    """``nnUNetTrainerLoGVMamba``'s network with nnU-Net's own recipe: SGD with learning rate 1e-2, Nesterov
+    momentum 0.99, weight decay 3e-5 on every parameter, poly schedule (``nnUNetTrainer.configure_optimizers``), so a
+    comparison with nnU-Net's default trainer separates the network from the recipe."""
+
+    learning_rate = 1e-2
+    optimizer_weight_decay = 3e-5
+
+    def configure_optimizers(self):
+        return super(nnUNetTrainerLoGVMamba, self).configure_optimizers()  # nnUNetTrainer's, skipping the paper's
+
+
 class nnUNetTrainerLoGVMamba_Head(nnUNetTrainerLoGVMamba):
     """Global tokens at the head of the sequence."""
 
