@@ -7,7 +7,8 @@ LoG-VMamba U-Net (``stage``: blocks at every stage's resolution; ``pooled``: the
 
 - (a) nnU-Net's ``PlainConvUNet``, built from the plan as nnU-Net builds it;
 - (b) the backbone alone: the trainer's network with every stage kind ``none`` (no LoG-family block);
-- (c) ``nnUNetTrainerLoGVMamba``'s network (its defaults: kinds, recomputation, fp32 blocks).
+- (c) ``nnUNetTrainerLoGVMamba``'s network (its defaults: kinds, recomputation, fp32 blocks);
+- (c') the same with ``recompute_blocks = False`` (every block keeps its activations for backward).
 
 Per network: the training step (forward, cross-entropy over the deep-supervision outputs, backward, Adam step;
 median of ``--repeats`` after one warm-up, the networks interleaved so that load changes hit all alike), the
@@ -71,8 +72,9 @@ def network_builders(plans: dict) -> dict[str, Callable[[], nn.Module]]:
         return get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
                                       configuration.network_arch_init_kwargs_req_import, 1, 3, deep_supervision=True)
 
-    def trainer_network(topology: str, backbone_only: bool) -> Callable[[], nn.Module]:
-        attributes = {"topology": topology, **({"stage_kind": "none"} if backbone_only else {})}
+    def trainer_network(topology: str, backbone_only: bool, recompute: bool = True) -> Callable[[], nn.Module]:
+        attributes = {"topology": topology, "recompute_blocks": recompute,
+                      **({"stage_kind": "none"} if backbone_only else {})}
         trainer = type("BenchmarkTrainer", (nnUNetTrainerLoGVMamba,), attributes)
         return lambda: trainer.build_network_architecture(manager, configuration, 1, 3, True)
 
@@ -80,6 +82,7 @@ def network_builders(plans: dict) -> dict[str, Callable[[], nn.Module]]:
     for topology in TOPOLOGIES:
         builders[f"(b) backbone, {topology}"] = trainer_network(topology, True)
         builders[f"(c) nnUNetTrainerLoGVMamba, {topology}"] = trainer_network(topology, False)
+        builders[f"(c') recompute_blocks off, {topology}"] = trainer_network(topology, False, recompute=False)
     return builders
 
 
