@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "evaluate": "evaluate",
     "convert": "convert",
     "profile": "profile",
+    "compare": "compare",
 }
 
 
@@ -37,9 +38,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="logvmamba-nnunet",
-        description="LoG-VMamba for nnU-Net v2: checks, trainer discovery, demo, synthetic data, evaluation and "
-                    "dataset conversion. Training and prediction use nnU-Net's own commands with "
-                    "-tr nnUNetTrainerLoGVMamba.")
+        description="LoG-VMamba for nnU-Net v2: checks, trainer discovery, demo, synthetic data, evaluation, "
+                    "dataset conversion and comparison of trained models. Training and prediction use nnU-Net's own "
+                    "commands with -tr nnUNetTrainerLoGVMamba.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in SUBCOMMANDS.values():

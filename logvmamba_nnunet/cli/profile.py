@@ -10,6 +10,7 @@ from logvmamba_nnunet.cli.validation import (
     load_json_object,
     reports_user_errors,
     require_at_least,
+    require_dataset_name,
     require_environment,
     require_output_folder,
     user_errors,
@@ -56,9 +57,9 @@ def load_plan(args: argparse.Namespace) -> tuple[dict, str, int, int]:
         raise UserInputError("give a dataset (-d, with -c/-p) or a patch size (--patch)")
     root = Path(require_environment("nnUNet_preprocessed", "profile -d reads the dataset's plans",
                                     "use --patch instead of -d"))
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from logvmamba_nnunet.profiling.profile import network_inputs_and_outputs
 
-    folder = root / _dataset_name(args.dataset, root)
+    folder = root / require_dataset_name(args.dataset, "nnUNet_preprocessed", root)
     plans_file = folder / f"{args.plans}.json"
     if not plans_file.exists():
         raise UserInputError(f"{plans_file} does not exist: run nnUNetv2_plan_and_preprocess -d {args.dataset} "
@@ -71,29 +72,8 @@ def load_plan(args: argparse.Namespace) -> tuple[dict, str, int, int]:
         raise UserInputError(f"configuration {args.configuration!r} is not in {plans_file.name}; it has "
                              f"{', '.join(plans['configurations'])}")
     dataset_json = load_json_object(folder / "dataset.json", "dataset.json", fix)
-    channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
-    heads = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
+    channels, heads = network_inputs_and_outputs(plans, args.configuration, dataset_json)
     return plans, args.configuration, channels, heads
-
-
-def _dataset_name(dataset: str, preprocessed: Path) -> str:
-    """nnU-Net's dataset name for an id or a name; UserInputError naming where it looked when it is unknown."""
-    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
-
-    if dataset.startswith("Dataset"):
-        return dataset
-    if not dataset.isdigit():
-        raise UserInputError(f"-d {dataset}: give a dataset id (e.g. 501) or name (e.g. Dataset501_Name)")
-    candidates = [str(c) for c in find_candidate_datasets(int(dataset))]
-    if not candidates:
-        found = sorted(p.name for p in preprocessed.glob("Dataset*") if p.is_dir())
-        raise UserInputError(f"unknown dataset id {dataset}: no Dataset{int(dataset):03d}_* folder in nnUNet_raw, "
-                             f"nnUNet_preprocessed ({preprocessed}) or nnUNet_results; check the id (preprocessed "
-                             f"datasets: {', '.join(found) or 'none'})")
-    if len(candidates) > 1:
-        raise UserInputError(f"dataset id {dataset} is used by several folders ({', '.join(candidates)}); nnU-Net "
-                             "needs unique ids: rename or remove all but one, or pass the full name to -d")
-    return candidates[0]
 
 
 @reports_user_errors("profile")

@@ -130,3 +130,23 @@ def require_at_least(name: str, value: float, minimum: float, fix: str = "") -> 
 def require_positive(name: str, value: float) -> None:
     if not value > 0:
         raise UserInputError(f"{name} must be greater than 0, got {value:g}")
+
+
+def require_dataset_name(dataset: str, root_variable: str, root: Path) -> str:
+    """nnU-Net's dataset name for an id or a name (``maybe_convert_to_dataset_name``); :class:`UserInputError` when
+    the id is malformed, unknown (listing the datasets in ``root``, the folder of ``root_variable``) or ambiguous."""
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets, maybe_convert_to_dataset_name
+
+    if not dataset.startswith("Dataset") and not dataset.isdigit():
+        raise UserInputError(f"-d {dataset}: give a dataset id (e.g. 501) or name (e.g. Dataset501_Name)")
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except RuntimeError:  # no folder or several folders with that id
+        candidates = [str(c) for c in find_candidate_datasets(int(dataset))]
+    if candidates:
+        raise UserInputError(f"dataset id {dataset} is used by several folders ({', '.join(candidates)}); nnU-Net "
+                             "needs unique ids: rename or remove all but one, or pass the full name to -d")
+    found = sorted(p.name for p in Path(root).glob("Dataset*") if p.is_dir())
+    raise UserInputError(f"unknown dataset id {dataset}: no Dataset{int(dataset):03d}_* folder in nnUNet_raw, "
+                         f"nnUNet_preprocessed or nnUNet_results; check the id (datasets in {root_variable} {root}: "
+                         f"{', '.join(found) or 'none'})")

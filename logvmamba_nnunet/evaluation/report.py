@@ -77,12 +77,12 @@ def summarize(evaluation: Evaluation) -> dict:
     return summary
 
 
-def _json_safe(value):
+def json_safe(value):
     """Replace NaN by None (JSON has no NaN) and numpy scalars by Python ones, recursively."""
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
@@ -125,7 +125,7 @@ def _write_report_files(evaluation: Evaluation, summary: dict, files: dict[str, 
                    "instances": None if c.instances is None else c.instances.as_dict()}
                   for c in evaluation.cases],
     }
-    files["json"].write_text(json.dumps(_json_safe(document), indent=2))
+    files["json"].write_text(json.dumps(json_safe(document), indent=2))
     per_case_columns = ["case", "target", "labels", *METRICS, "n_pred", "n_ref", "pred_empty", "ref_empty",
                         "both_empty", "hd95_penalized"]
     with files["per_case"].open("w", newline="") as handle:
@@ -156,7 +156,8 @@ def _write_report_files(evaluation: Evaluation, summary: dict, files: dict[str, 
                 writer.writerow({"case": case.case, **case.instances.as_dict()})
 
 
-def _cell(stats: dict, metric: str) -> str:
+def mean_se_cell(stats: dict, metric: str) -> str:
+    """``stats`` (``mean``, ``se``) as "mean ± se" in the metric's unit (% or mm); "-" for no value."""
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
     mean, se = stats["mean"] * scale, stats["se"] * scale
     if math.isnan(mean):
@@ -168,11 +169,11 @@ def format_table(summary: dict, nsd_tolerance_mm: float) -> str:
     """Text table: one row per target plus the averages (Dice/IoU/NSD in %, HD95 in mm, mean ± SE)."""
     headers = ["target", "n", "Dice (%)", "IoU (%)", "HD95 (mm)", f"NSD@{nsd_tolerance_mm:g} (%)",
                "HD95 penalized"]
-    rows = [[name, str(entry["dice"]["n"]), *(_cell(entry[m], m) for m in METRICS),
+    rows = [[name, str(entry["dice"]["n"]), *(mean_se_cell(entry[m], m) for m in METRICS),
              str(entry["hd95_penalized"])] for name, entry in summary["per_target"].items()]
     for label, key in (("average", "average"), ("average (present)", "average_present")):
         entry = summary[key]
-        rows.append([label, str(entry["dice"]["n"]), *(_cell(entry[m], m) for m in METRICS), ""])
+        rows.append([label, str(entry["dice"]["n"]), *(mean_se_cell(entry[m], m) for m in METRICS), ""])
     lines = _align([headers, *rows])
     penalized = sum(entry["hd95_penalized"] for entry in summary["per_target"].values())
     if penalized:
@@ -182,7 +183,7 @@ def format_table(summary: dict, nsd_tolerance_mm: float) -> str:
         entry = summary["instances"]
         instance_headers = ["instances", "n", "F1 = instance Dice (%)", "IoU (%)", "precision (%)",
                             "recall (%)"]
-        instance_row = ["cells", str(entry["f1"]["n"]), *(_cell(entry[m], m) for m in INSTANCE_METRICS)]
+        instance_row = ["cells", str(entry["f1"]["n"]), *(mean_se_cell(entry[m], m) for m in INSTANCE_METRICS)]
         lines += ["", *_align([instance_headers, instance_row])]
     return "\n".join(lines)
 

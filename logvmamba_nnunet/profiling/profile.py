@@ -54,6 +54,18 @@ def find_trainer_class(name: str) -> type:
                              "`logvmamba-nnunet doctor` for trainer discovery.") from None
 
 
+def network_inputs_and_outputs(plans: dict, configuration: str, dataset_json: dict) -> tuple[int, int]:
+    """(input channels, output channels) of the network nnU-Net builds for ``configuration``: the image channels of
+    dataset.json (plus the previous stage's labels for a cascade) and one output per label, or per region for
+    region-based training."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(plans)
+    return (determine_num_input_channels(manager, configuration, dataset_json),
+            manager.get_label_manager(dataset_json).num_segmentation_heads)
+
+
 def build_network(trainer: type, plans: dict, configuration: str, in_channels: int, classes: int) -> nn.Module:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
