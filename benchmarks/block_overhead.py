@@ -12,9 +12,10 @@ LoG-VMamba U-Net (``stage``: blocks at every stage's resolution; ``pooled``: the
 
 Per network: the training step (forward, cross-entropy over the deep-supervision outputs, backward, Adam step;
 median of ``--repeats`` after one warm-up, the networks interleaved so that load changes hit all alike), the
-saved activations of one forward (bytes of the distinct tensor storages autograd keeps for backward, counted with
-saved-tensor hooks), and the peak memory of the first step (growth of the peak resident set size, each network in a
-fresh process so one network's peak cannot hide another's). Ratios are against (a) and (b) of the same topology.
+saved activations of one forward (bytes of the distinct tensor storages autograd keeps for backward, parameters
+excluded: ``logvmamba_nnunet.profiling.profile.saved_activation_bytes``), and the peak memory of the first step
+(growth of the peak resident set, ``profiling/resident_memory.py``, each network in a fresh process so one
+network's peak cannot hide another's). Ratios are against (a) and (b) of the same topology.
 
 Usage:
     python benchmarks/block_overhead.py                     # ACDC-like plan, batch 2, 1 thread
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from logvmamba_nnunet.profiling.profile import saved_activation_bytes
 from logvmamba_nnunet.profiling.resident_memory import peak_growth_bytes
 
 ACDC_LIKE = {"patch_size": [10, 64, 56], "features": [32, 64, 128, 256],
@@ -105,21 +107,6 @@ def training_step(network: nn.Module, patch: list[int], batch: int) -> Callable[
     return step
 
 
-def saved_activation_bytes(network: nn.Module, patch: list[int], batch: int) -> int:
-    """Bytes of the distinct storages autograd saves for backward during one training-mode forward."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    x = torch.randn(batch, 1, *patch)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        network(x)
-    return sum(storages.values())
-
-
 def peak_memory_in_fresh_process(name: str, args: argparse.Namespace) -> float:
     """GiB of peak-RSS growth during the first training step of ``name``, measured in a new process."""
     command = [sys.executable, __file__, "--peak-of", name, "--plan", args.plan, "--batch", str(args.batch),
@@ -154,7 +141,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     for name, network in networks.items():
         rows.append({"network": name, "parameters": sum(p.numel() for p in network.parameters()),
                      "step_s": statistics.median(times[name]),
-                     "saved_GiB": saved_activation_bytes(network, patch, args.batch) / 2 ** 30,
+                     "saved_GiB": saved_activation_bytes(network, torch.randn(args.batch, 1, *patch)) / 2 ** 30,
                      "peak_GiB": peak_memory_in_fresh_process(name, args)})
     return rows
 

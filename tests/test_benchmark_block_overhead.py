@@ -1,12 +1,9 @@
-"""benchmarks/block_overhead.py: its saved-activation count and its table's ratios."""
+"""benchmarks/block_overhead.py: its table's ratios (its saved-activation count is tested in test_profiling.py)."""
 
 import importlib.util
 import sys
 from argparse import Namespace
 from pathlib import Path
-
-import torch
-from torch import nn
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "block_overhead.py"
 
@@ -17,24 +14,6 @@ def load_script():
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-class ScaledSquare(nn.Module):
-    """h = x * w (autograd keeps x for w's gradient), y = h * h (keeps h twice: one storage)."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(1.5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x * self.w
-        return h * h
-
-
-def test_saved_activations_count_each_storage_once():
-    script = load_script()
-    batch, patch = 2, [3, 4, 5]
-    assert script.saved_activation_bytes(ScaledSquare(), patch, batch) == 2 * batch * 3 * 4 * 5 * 4
 
 
 def test_table_ratios_are_against_the_plain_network_and_the_backbone_of_the_same_topology():

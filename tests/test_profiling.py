@@ -72,3 +72,28 @@ def test_profile_command_table(capsys):
     assert "| nnUNetTrainer |" in out and "| nnUNetTrainerLoGVMamba |" in out
     assert main(["profile", "--patch", "16", "16", "-tr", "nnUNetTrainerDoesNotExist"]) == 2
     assert "cannot find trainer" in capsys.readouterr().err
+
+
+class ScaledSquare(torch.nn.Module):
+    """h = x * w (autograd keeps x for w's gradient), y = h * h.t()-view product (keeps h and a view of it: one
+    storage), z = linear(y, W) (keeps y and the parameter W, which is not an activation)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.5))
+        self.linear = torch.nn.Linear(width, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * self.w
+        return self.linear(h * h.transpose(-1, -2).transpose(-1, -2))
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_saved_activations_count_each_storage_once_and_no_parameter(device):
+    from logvmamba_nnunet.profiling.profile import saved_activation_bytes
+
+    shape = (2, 3, 4, 5)
+    network = ScaledSquare(shape[-1]).to(device)
+    x = torch.randn(shape, device=device, requires_grad=True)
+    # x (for w), h (for the product, saved twice through a view), h * h (for W's gradient): 3 storages
+    assert saved_activation_bytes(network, x) == 3 * 2 * 3 * 4 * 5 * 4

@@ -74,20 +74,38 @@ def build_network(trainer: type, plans: dict, configuration: str, in_channels: i
                                               classes, True)
 
 
-def count_flops_and_memory(network: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(conv/matmul FLOPs, scan FLOPs, saved-activation bytes) of one forward pass, on the meta device."""
-    network = network.to("meta")
-    saved: list[int] = []
+def saved_activation_bytes(network: nn.Module, x: torch.Tensor) -> int:
+    """Bytes that autograd keeps for backward after ``network(x)``: the distinct storages of the tensors it saves,
+    each counted once however many operations save it or views of it, parameters excluded (they exist anyway).
+
+    Works on any device, the meta device included (storages are told apart by their C++ object, not by their
+    address, which is 0 on meta); the saved tensors stay referenced until the count is done, so no storage of
+    the count is freed and its object reused meanwhile.
+    """
+    parameter_storages = {p.untyped_storage()._cdata for p in network.parameters()}
+    storages: dict[int, int] = {}
+    kept: list[torch.Tensor] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved.append(tensor.numel() * tensor.element_size())
+        storage = tensor.untyped_storage()
+        if storage._cdata not in parameter_storages:
+            storages[storage._cdata] = storage.nbytes()
+            kept.append(tensor)
         return tensor
 
-    x = torch.zeros(input_shape, device="meta", requires_grad=True)
-    with FlopCounterMode(display=False) as flop_counter, count_scan_flops() as scan_counter, \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         network(x)
-    return flop_counter.get_total_flops(), scan_counter.flops, sum(saved)
+    return sum(storages.values())
+
+
+def count_flops_and_memory(network: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(conv/matmul FLOPs, scan FLOPs, saved-activation bytes as :func:`saved_activation_bytes` counts them) of one
+    training-mode forward pass, on the meta device."""
+    network = network.to("meta")
+    x = torch.zeros(input_shape, device="meta", requires_grad=True)
+    with FlopCounterMode(display=False) as flop_counter, count_scan_flops() as scan_counter:
+        saved = saved_activation_bytes(network, x)
+    return flop_counter.get_total_flops(), scan_counter.flops, saved
 
 
 def time_network(network: nn.Module, input_shape: tuple[int, ...], device: str, repeats: int) -> tuple[float, float]:

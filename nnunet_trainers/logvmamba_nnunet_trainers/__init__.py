@@ -12,6 +12,7 @@ from logvmamba_nnunet.nnunet.discovery import remember_trainer_modules, restore_
 
 restore_trainer_modules(sys.modules[__name__])
 
+from logvmamba_nnunet_trainers.demo import nnUNetTrainer_Demo, nnUNetTrainerLoGVMamba_Demo  # noqa: E402
 from logvmamba_nnunet_trainers.epochs import (  # noqa: E402
     nnUNetTrainerLoGVMamba_50epochs,
     nnUNetTrainerLoGVMamba_100epochs,
@@ -21,7 +22,6 @@ from logvmamba_nnunet_trainers.epochs import (  # noqa: E402
 from logvmamba_nnunet_trainers.logvmamba import (  # noqa: E402
     nnUNetTrainerGVMamba,
     nnUNetTrainerLoGVMamba,
-    nnUNetTrainerLoGVMamba_Demo,
     nnUNetTrainerLoGVMamba_Head,
     nnUNetTrainerLoGVMamba_K2,
     nnUNetTrainerLoGVMamba_K4,
@@ -64,6 +64,7 @@ __all__ = [
     "nnUNetTrainerLoGVMamba_StageTopology",
     "nnUNetTrainerLoGVMamba_PooledTopology",
     "nnUNetTrainerLoGVMamba_Demo",
+    "nnUNetTrainer_Demo",
     "nnUNetTrainerLoGVMamba_50epochs",
     "nnUNetTrainerLoGVMamba_100epochs",
     "nnUNetTrainerLoGVMamba_250epochs",

@@ -137,17 +137,6 @@ class nnUNetTrainerLoGVMamba_NoDeepSupervision(nnUNetTrainerLoGVMamba):
         return network
 
 
-class nnUNetTrainerLoGVMamba_Demo(nnUNetTrainerLoGVMamba):
-    """For the CPU demo (``logvmamba-nnunet demo``): 6 epochs of 12 iterations. The 10x larger learning rate (1e-3)
-    is a deviation from the paper's 1e-4, needed to learn anything in 72 steps; use ``nnUNetTrainerLoGVMamba`` for
-    real training."""
-
-    learning_rate = 1e-3
-    epochs = 6
-    iterations_per_epoch = 12
-    val_iterations_per_epoch = 2
-
-
 class nnUNetTrainerLoGVMamba_StageTopology(nnUNetTrainerLoGVMamba):
     """The paper's recipe with U-Mamba-Enc's 3D topology: every LoG-family block at its encoder stage's resolution
     (``LoGVMambaUNet``), 2-3x the default network's cost (docs/architecture.md)."""
