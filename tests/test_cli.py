@@ -126,3 +126,41 @@ def test_dice_table_from_nnunet_summary(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     table = demo.dice_table(Path(tmp_path / "summary.json"), {"background": 0, "organ": 1, "lesion": 2})
     assert table.splitlines()[1:] == ["organ         0.9000", "lesion        0.5000", "mean          0.7000"]
+
+
+def test_epoch_progress_condenses_nnunet_epoch_logs_to_one_line():
+    progress = demo.EpochProgress(epochs=6)
+    log = ["2026-12-03 14:00:00.000001: ", "2026-12-03 14:00:00.000002: Epoch 2",
+           "2026-12-03 14:00:00.000003: Current learning rate: 0.00064",
+           "2026-12-03 14:00:31.000001: train_loss -0.4123", "2026-12-03 14:00:33.000001: val_loss -0.5321",
+           "2026-12-03 14:00:33.000002: Pseudo dice [np.float32(0.9123), np.float32(0.4567)]",
+           "2026-12-03 14:00:33.000003: Epoch time: 33.12 s",
+           "2026-12-03 14:00:33.000004: Yayy! New best EMA pseudo Dice: 0.61"]
+    shown = [text for text in map(progress, log) if text is not None]
+    assert shown == ["epoch 3/6: train loss -0.4123, val loss -0.5321, pseudo Dice per class 0.91 0.46, 33.12 s"]
+    plain = demo.EpochProgress()
+    for line in ["x: Epoch 0", "x: train_loss 0.5", "x: val_loss nan", "x: Pseudo dice [0.0, nan]"]:
+        assert plain(line) is None
+    assert plain("x: Epoch time: 9.5 s") == "epoch 1: train loss 0.5, val loss nan, pseudo Dice per class 0.00 nan, 9.5 s"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--baseline", "nnUNetTrainerLoGVMamba_Demo"], "a different one"),
+    (["--trainer", "none"], "a different one"),
+    (["--baseline", "nnUNetTrainerDoesNotExist"], "nnUNetTrainerDoesNotExist"),
+])
+def test_demo_refuses_bad_trainer_pairs_before_starting(tmp_path, capsys, extra, message):
+    args = build_parser().parse_args(["demo", "-o", str(tmp_path / "demo"), *extra])
+    assert demo.run(args) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_trainers_share_one_schedule():
+    import logvmamba_nnunet_trainers as trainers
+
+    log, baseline = getattr(trainers, demo.DEMO_TRAINER), getattr(trainers, demo.BASELINE_TRAINER)
+    schedule = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch")
+    assert [getattr(log, a) for a in schedule] == [getattr(baseline, a) for a in schedule]
+    assert issubclass(log, trainers.nnUNetTrainerLoGVMamba) and baseline.learning_rate is None
+    assert demo._iterations_of(demo.DEMO_TRAINER) == f"{log.epochs} x {log.iterations_per_epoch}"

@@ -1,10 +1,12 @@
-"""``logvmamba-nnunet demo``: synthetic data -> plan -> train -> predict -> evaluate, with nnU-Net's own commands."""
+"""``logvmamba-nnunet demo``: synthetic data -> plan -> train LoG-VMamba and nnU-Net's default network -> predict ->
+evaluate -> compare, with nnU-Net's own commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,21 +23,27 @@ from logvmamba_nnunet.cli.validation import (
 from logvmamba_nnunet.nnunet.discovery import EXT_TRAINER_ENV, with_ext_trainer_folder
 
 DEMO_TRAINER = "nnUNetTrainerLoGVMamba_Demo"
+BASELINE_TRAINER = "nnUNetTrainer_Demo"  # nnU-Net's default network and recipe on the same schedule
+COMPARE_PREFIX = "compare/fold0"
 DEMO_SIZE = (32, 40, 32)  # small enough for a 2-core CPU to train in minutes
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train and evaluate LoG-VMamba on a synthetic 3D dataset (CPU, about 10 minutes)",
+        "demo", help="train and evaluate LoG-VMamba on a synthetic 3D dataset (CPU, under 10 minutes)",
         description="Generate a synthetic 3D dataset, then run nnU-Net's stock commands: plan_and_preprocess, "
-                    f"train (-tr {DEMO_TRAINER}, a short schedule), predict the held-out cases and evaluate; print "
-                    "a per-class Dice table. Everything is written under --output.")
+                    f"train (-tr {DEMO_TRAINER}, a short schedule, and nnU-Net's default network for as many "
+                    f"iterations, -tr {BASELINE_TRAINER}), predict the held-out cases and evaluate; print a "
+                    "per-class Dice table, then 'logvmamba-nnunet compare' of the two trainers. Everything is "
+                    "written under --output.")
     parser.add_argument("-o", "--output", required=True, help="folder for all demo files (must be new or empty)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output folder written by an earlier demo (never any other folder)")
     parser.add_argument("-d", "--dataset-id", type=int, default=987, help="dataset id to use (default: %(default)s)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default: %(default)s)")
     parser.add_argument("--trainer", default=DEMO_TRAINER, help="trainer to use (default: %(default)s)")
+    parser.add_argument("--baseline", default=BASELINE_TRAINER,
+                        help="trainer to compare with (default: %(default)s); 'none' skips it")
     parser.add_argument("--num-train", type=int, default=10, help="training cases (default: %(default)s)")
     parser.add_argument("--num-test", type=int, default=4, help="held-out test cases (default: %(default)s)")
     parser.set_defaults(func=run)
@@ -54,8 +62,41 @@ def _environment(root: Path) -> dict[str, str]:
     return env
 
 
-def _run_step(title: str, command: list[str], env: dict[str, str], log_file: Path) -> None:
-    """Run one stock command, streaming its output to the console and to ``log_file``."""
+class EpochProgress:
+    """Turns nnU-Net's training output into one line per epoch: feed it every line, print what it returns.
+
+    nnU-Net logs ``<timestamp>: Epoch 3``, ``train_loss -0.41``, ``val_loss -0.45``, ``Pseudo dice [..]`` and
+    ``Epoch time: 31.2 s`` on lines of their own; the last one completes an epoch's line.
+    """
+
+    _FIELD = re.compile(r": (Epoch \d+|Epoch time:|train_loss|val_loss|Pseudo dice) ?(.*)$")
+    _NUMBER = re.compile(r"nan|-?\d+\.\d+(?:e[-+]?\d+)?")
+
+    def __init__(self, epochs: int | None = None):
+        self.epochs = epochs
+        self._fields: dict[str, str] = {}
+
+    def __call__(self, line: str) -> str | None:
+        match = self._FIELD.search(line.rstrip())
+        if match is None:
+            return None
+        key, value = match.groups()
+        if key.startswith("Epoch ") and key != "Epoch time:":
+            self._fields = {"epoch": key.split()[1]}
+            return None
+        self._fields[key] = value
+        if key != "Epoch time:":
+            return None
+        epoch = f"{int(self._fields.get('epoch', -1)) + 1}" + (f"/{self.epochs}" if self.epochs else "")
+        dice = " ".join(f"{float(v):.2f}" for v in self._NUMBER.findall(self._fields.get("Pseudo dice", "")))
+        return (f"epoch {epoch}: train loss {self._fields.get('train_loss', '?')}, val loss "
+                f"{self._fields.get('val_loss', '?')}, pseudo Dice per class {dice or '?'}, {value}")
+
+
+def _run_step(title: str, command: list[str], env: dict[str, str], log_file: Path,
+              summarize: EpochProgress | None = None) -> None:
+    """Run one stock command, writing its output to ``log_file`` and streaming it to the console (with
+    ``summarize``, only the lines it returns)."""
     print(f"\n=== {title}\n$ {' '.join(command)}", flush=True)
     start = time.perf_counter()
     lines: list[str] = []
@@ -64,7 +105,9 @@ def _run_step(title: str, command: list[str], env: dict[str, str], log_file: Pat
         for line in process.stdout:
             log.write(line)
             lines.append(line)
-            print(f"  {line}", end="", flush=True)
+            shown = line if summarize is None else summarize(line)
+            if shown is not None:
+                print(f"  {shown.rstrip()}", flush=True)
     if process.returncode != 0:
         tail = "".join(lines[-30:])
         raise RuntimeError(f"step '{title}' failed with exit code {process.returncode}; its last output:\n{tail}")
@@ -99,8 +142,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not torch.cuda.is_available():
             raise UserInputError("--device cuda, but torch sees no CUDA device; use --device cpu, or install a "
                                  "CUDA build of torch (logvmamba-nnunet doctor shows what is installed)")
-    if args.trainer != DEMO_TRAINER:
-        _check_trainer(args.trainer)
+    for name, default in ((args.trainer, DEMO_TRAINER), (args.baseline, BASELINE_TRAINER)):
+        if name not in (default, "none"):
+            _check_trainer(name)
+    if args.trainer in (args.baseline, "none"):
+        raise UserInputError(f"--trainer {args.trainer} and --baseline {args.baseline}: give the trainer to "
+                             "demonstrate and a different one to compare it with (or --baseline none)")
 
 
 def _check_trainer(name: str) -> None:
@@ -138,8 +185,11 @@ def run(args: argparse.Namespace) -> int:
             ident = str(args.dataset_id)
             _run_step("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", ident, "-c", "3d_fullres",
                                               "-np", "2", "--verify_dataset_integrity"], env, logs / "plan.log")
-            _run_step("train fold 0", ["nnUNetv2_train", ident, "3d_fullres", "0", "-tr", args.trainer,
-                                       "-device", args.device], env, logs / "train.log")
+            trainers = [args.trainer] + ([] if args.baseline == "none" else [args.baseline])
+            for trainer in trainers:
+                _run_step(f"train fold 0 of {trainer}", [
+                    "nnUNetv2_train", ident, "3d_fullres", "0", "-tr", trainer, "-device", args.device],
+                    env, logs / f"train_{trainer}.log", EpochProgress(_epochs_of(trainer)))
             predictions = root / "predictions"
             _run_step("predict held-out cases", [
                 "nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(predictions), "-d", ident,
@@ -154,13 +204,41 @@ def run(args: argparse.Namespace) -> int:
             table = dice_table(predictions / "summary.json",
                                json.loads((dataset / "dataset.json").read_text())["labels"])
             (root / "dice_table.txt").write_text(table + "\n")
+            if len(trainers) > 1:
+                (root / COMPARE_PREFIX).parent.mkdir()
+                _run_step("compare on the validation cases of fold 0", [
+                    sys.executable, "-m", "logvmamba_nnunet.cli.main", "compare", "-d", ident, "-c", "3d_fullres",
+                    "-tr", *trainers, "-o", str(root / COMPARE_PREFIX)], env, logs / "compare.log",
+                    summarize=lambda line: None)
     except FileExistsError as error:  # the output folder appeared meanwhile
         raise UserInputError(str(error)) from None
     except RuntimeError as error:  # a step failed; the message ends with that step's last output lines
         print(f"{PROG} demo: error: {error}", file=sys.stderr)
         return 1
     print(f"\nDice on {args.num_test} held-out synthetic cases ({args.trainer}, fold 0):\n{table}")
+    print(f"\neverything is in {destination}: nnUNet_raw/, nnUNet_preprocessed/, nnUNet_results/ (models, training "
+          "logs, progress.png), predictions/ (segmentations + summary.json), logs/, dice_table.txt"
+          + (f", {COMPARE_PREFIX}.*" if len(trainers) > 1 else ""))
+    if len(trainers) > 1:
+        print(f"\n{' vs '.join(trainers)}, the same {_iterations_of(args.trainer)} training iterations on the same "
+              "data; Dice on the validation cases of fold 0:\n")
+        print((destination / f"{COMPARE_PREFIX}.md").read_text().rstrip())
+        print(f"\nfigure: {destination / COMPARE_PREFIX}.png")
     print(f"\nwall time: {time.perf_counter() - start:.0f} s")
-    print(f"everything is in {destination}: nnUNet_raw/, nnUNet_preprocessed/, nnUNet_results/ (model, training "
-          "log, progress.png), predictions/ (segmentations + summary.json), logs/, dice_table.txt")
     return 0
+
+
+def _trainer_attribute(name: str, attribute: str) -> int | None:
+    """A schedule attribute (``epochs``, ``iterations_per_epoch``) of one of this package's trainers, else None."""
+    import logvmamba_nnunet_trainers
+
+    return getattr(getattr(logvmamba_nnunet_trainers, name, None), attribute, None)
+
+
+def _epochs_of(name: str) -> int | None:
+    return _trainer_attribute(name, "epochs")
+
+
+def _iterations_of(name: str) -> str:
+    epochs, iterations = _trainer_attribute(name, "epochs"), _trainer_attribute(name, "iterations_per_epoch")
+    return f"{epochs} x {iterations}" if epochs and iterations else "number of"
