@@ -141,7 +141,8 @@ def test_epoch_progress_condenses_nnunet_epoch_logs_to_one_line():
     plain = demo.EpochProgress()
     for line in ["x: Epoch 0", "x: train_loss 0.5", "x: val_loss nan", "x: Pseudo dice [0.0, nan]"]:
         assert plain(line) is None
-    assert plain("x: Epoch time: 9.5 s") == "epoch 1: train loss 0.5, val loss nan, pseudo Dice per class 0.00 nan, 9.5 s"
+    assert plain("x: Epoch time: 9.5 s") == ("epoch 1: train loss 0.5, val loss nan, pseudo Dice per class 0.00 nan, "
+                                             "9.5 s")
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -1,9 +1,10 @@
 """Procedural segmentation datasets in nnU-Net raw format.
 
 3D cases imitate an abdominal MRI: a textured body, an organ (label 1) whose outline is a randomly deformed
-ellipsoid, and one or two lesions (label 2) inside it, with a smooth bias field and Gaussian noise; saved as NIfTI
-with an anisotropic spacing. 2D cases imitate an endoscopic RGB frame: reddish textured tissue, a shaft-like
-instrument (label 1) and a brighter tool tip (label 2); saved as RGB PNG (nnU-Net's natural-image reader).
+ellipsoid, and one or two brighter lesions (label 2, each about a fifth to a third of the organ's radius) inside
+it, with a smooth bias field and Gaussian noise; saved as NIfTI with an anisotropic spacing. 2D cases imitate an
+endoscopic RGB frame: reddish textured tissue, a shaft-like instrument (label 1) and a brighter tool tip (label 2);
+saved as RGB PNG (nnU-Net's natural-image reader).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def synthetic_case_3d(rng: np.random.Generator, shape: Sequence[int]) -> tuple[n
         if len(inside) == 0:
             break
         seed = inside[rng.integers(len(inside))]
-        radius = rng.uniform(0.14, 0.24)
+        radius = rng.uniform(0.2, 0.3)
         lesion_level = sum(((c - (2 * s / (n - 1) - 1)) / radius) ** 2 for c, s, n in zip(coords, seed, shape))
         lesions |= (lesion_level + 0.3 * _smooth_noise(rng, shape, 2.0) < 1) & organ
     labels = np.zeros(shape, np.uint8)
@@ -53,7 +54,7 @@ def synthetic_case_3d(rng: np.random.Generator, shape: Sequence[int]) -> tuple[n
     texture = _smooth_noise(rng, shape, 1.2)
     image = np.where(body, 0.35 + 0.05 * texture, 0.02)
     image = np.where(organ, 0.62 + 0.06 * texture, image)
-    image = np.where(lesions, rng.choice([0.4, 0.85]) + 0.05 * texture, image)
+    image = np.where(lesions, 0.88 + 0.05 * texture, image)
     bias = 1.0 + 0.12 * _smooth_noise(rng, shape, 8.0)
     image = image * bias + rng.normal(0.0, 0.04, shape)
     return (1000.0 * image).astype(np.float32), labels
