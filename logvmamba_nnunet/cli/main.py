@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "convert": "convert",
     "profile": "profile",
     "compare": "compare",
+    "plan": "plan",
 }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -35,10 +35,15 @@ class ScanFlopCounter:
 
     flops: int = 0
     calls: list[tuple[int, int, int, int]] = field(default_factory=list)
+    on_scan: Callable[[tuple], None] | None = None
+    """Called with each scan's sequence inputs (u, delta, B, C, z; z may be None), e.g. to count their memory."""
 
-    def add(self, batch: int, channels: int, length: int, d_state: int, with_D: bool, with_z: bool) -> None:
+    def add(self, batch: int, channels: int, length: int, d_state: int, with_D: bool, with_z: bool,
+            inputs: tuple = ()) -> None:
         self.flops += selective_scan_flops(batch, channels, length, d_state, with_D, with_z)
         self.calls.append((batch, channels, length, d_state))
+        if self.on_scan is not None:
+            self.on_scan(inputs)
 
 
 _ACTIVE: contextvars.ContextVar[ScanFlopCounter | None] = contextvars.ContextVar("scan_flop_counter", default=None)
@@ -50,13 +55,14 @@ def active_scan_flop_counter() -> ScanFlopCounter | None:
 
 
 @contextlib.contextmanager
-def count_scan_flops() -> Iterator[ScanFlopCounter]:
-    """Inside this block ``selective_scan`` only records its FLOPs and returns zeros of the right shape.
+def count_scan_flops(on_scan: Callable[[tuple], None] | None = None) -> Iterator[ScanFlopCounter]:
+    """Inside this block ``selective_scan`` only records its FLOPs (and calls ``on_scan`` with its sequence inputs
+    u, delta, B, C, z) and returns zeros of the right shape.
 
     It is meant for profiling, for example on the meta device, where values do not matter: the counter measures
     cost, not outputs.
     """
-    counter = ScanFlopCounter()
+    counter = ScanFlopCounter(on_scan=on_scan)
     token = _ACTIVE.set(counter)
     try:
         yield counter

@@ -99,7 +99,7 @@ def selective_scan(
 
     counter = active_scan_flop_counter()
     if counter is not None:
-        counter.add(batch, channels, length, state, D is not None, z is not None)
+        counter.add(batch, channels, length, state, D is not None, z is not None, (u, delta, B, C, z))
         y = u.new_zeros(u.shape)
         return (y, u.new_zeros(batch, channels, state, dtype=torch.float32)) if return_last_state else y
     name = resolve_backend(backend, u.device)

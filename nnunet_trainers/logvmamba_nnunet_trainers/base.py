@@ -31,7 +31,10 @@ from logvmamba_nnunet.nnunet.checkpoints import (
     nonfinite_tensors,
     resume_sentence,
 )
+from logvmamba_nnunet.nnunet.memory_check import InsufficientMemoryError, device_memory_bytes, shortfall_message
 from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
+from logvmamba_nnunet.profiling.memory_estimate import MemoryEstimate, estimate_configuration
+from logvmamba_nnunet.profiling.profile import network_inputs_and_outputs
 
 
 class PluginTrainer(nnUNetTrainer):
@@ -185,7 +188,13 @@ class LoGFamilyTrainer(PluginTrainer):
       activations there (same results, far less activation memory, one more forward of the blocks);
     - ``use_vmamba_2d``: which network 2D configurations get;
     - ``topology``: ``"pooled"`` or ``"stage"``, the U-Net for 3D configurations (and 2D ones without
-      ``use_vmamba_2d``).
+      ``use_vmamba_2d``);
+    - ``optimizer_states``: state tensors per parameter of the optimizer (Adam 2, SGD with momentum 1), for the
+      memory estimate.
+
+    Before the first iteration, on CUDA, the memory estimate of a training step at the plan's patch and batch
+    (``profiling.memory_estimate``) is compared with the device's memory; when it does not fit, training stops
+    with :class:`InsufficientMemoryError`, whose message gives the ``logvmamba-nnunet plan`` command that fits.
     """
 
     topology: str = "pooled"
@@ -195,6 +204,7 @@ class LoGFamilyTrainer(PluginTrainer):
     force_fp32: bool = False
     recompute_blocks: bool = True
     use_vmamba_2d: bool = True
+    optimizer_states: int = 2
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -236,6 +246,37 @@ class LoGFamilyTrainer(PluginTrainer):
                              "(LoGVMambaPooledUNet).")
         network_class = LoGVMambaPooledUNet if cls.topology == "pooled" else LoGVMambaUNet
         return network_class(num_input_channels, num_output_channels, enable_deep_supervision, **kwargs)
+
+    def memory_estimate(self) -> MemoryEstimate:
+        """Estimated peak memory of one training step at this configuration on this trainer's device (per GPU
+        under DDP: the batch split over the ranks)."""
+        channels, heads = network_inputs_and_outputs(self.plans_manager.plans, self.configuration_name,
+                                                     self.dataset_json)
+        batch = self.configuration_manager.batch_size
+        if self.is_ddp:
+            batch = math.ceil(batch / dist.get_world_size())
+        device_type = "cpu" if self.force_fp32 or self.device.type != "cuda" else "cuda"
+        return estimate_configuration(type(self), self.plans_manager.plans, self.configuration_name, channels,
+                                      heads, device_type, batch)
+
+    def check_memory(self, capacity_bytes: int | None = None) -> None:
+        """Raise :class:`InsufficientMemoryError` when the step's estimate exceeds ``capacity_bytes`` (default: the
+        CUDA device's total memory; nothing is checked on other devices)."""
+        capacity_bytes = capacity_bytes if capacity_bytes is not None else device_memory_bytes(self.device)
+        if capacity_bytes is None:
+            return
+        estimate = self.memory_estimate()
+        self.print_to_log_file(f"estimated training memory: {estimate.describe()}")
+        message = shortfall_message(estimate, capacity_bytes, type(self).__name__, self.plans_manager.dataset_name,
+                                    self.configuration_name, list(self.configuration_manager.patch_size))
+        if message is not None:
+            self.print_to_log_file(message)
+            raise InsufficientMemoryError(message)
+
+    def on_train_start(self):
+        """The memory check, then nnU-Net's start of training."""
+        self.check_memory()
+        super().on_train_start()
 
     def _get_deep_supervision_scales(self):
         """The 2D VMamba network's outputs are at full, 1/4, 1/8, 1/16 size, and the pooled U-Net's at full size, then

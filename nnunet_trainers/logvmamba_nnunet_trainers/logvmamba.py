@@ -72,6 +72,7 @@ class nnUNetTrainerLoGVMamba_nnUNetRecipe(nnUNetTrainerLoGVMamba):
 
     learning_rate = 1e-2
     optimizer_weight_decay = 3e-5
+    optimizer_states = 1
 
     def configure_optimizers(self):
         return super(nnUNetTrainerLoGVMamba, self).configure_optimizers()  # nnUNetTrainer's, skipping the paper's

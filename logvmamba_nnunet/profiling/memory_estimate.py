@@ -1,0 +1,279 @@
+"""Memory of one nnU-Net training step of a network, estimated from the network itself.
+
+One training-mode forward pass plus nnU-Net's loss (Dice + cross-entropy with deep supervision) runs at batch 1 on
+the meta device (no memory, no arithmetic) while ``saved_tensors_hooks`` record every distinct storage autograd
+keeps for backward, as :func:`logvmamba_nnunet.profiling.profile.saved_activation_bytes` counts them. Each storage
+is attributed to where it was saved: inside a LoG-family block (``LoGVMambaBlock``) or elsewhere. The blocks run
+with their recomputation switched off for the count, so the count also gives what each block holds while
+backward recomputes it. From these counts, for a batch size and a device:
+
+- weights, gradients and optimizer state: 4 bytes per parameter each, times the optimizer's state tensors per
+  parameter (Adam 2, SGD with momentum 1);
+- under autocast on CUDA, the float16 copies of the weights used outside float32 blocks (2 bytes per parameter);
+- activations: the saved storages of the batch. Under fp16 autocast (CUDA) the storages saved outside float32
+  blocks are float16 (convolutions, norms and nonlinearities outside the blocks), those inside blocks with
+  ``fp32`` and the loss's stay float32 (docs/architecture.md, "Memory and recomputation"); on the CPU (no
+  autocast) everything is float32;
+- backward's transients: the largest block's activations while backward recomputes it (0 without
+  recomputation) plus two gradient buffers of the largest saved storage;
+- the selective scan's block buffers (``ops/scan_torch.py``: its kept CPU workspace, or three block buffers of
+  its element budget on GPUs);
+- the batch itself (image and the targets of every deep-supervision output, float32);
+- on CUDA a fixed reserve for the CUDA context and cuDNN's workspace.
+
+Activations and transients are multiplied by :data:`ACTIVATION_CALIBRATION`, fitted once against measured peaks
+(docs/benchmarks.md, "Memory estimate against measured peaks"; ``benchmarks/memory_estimate.py``). Bytes
+throughout; GiB = 2**30 bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from logvmamba_nnunet.modules.block import LoGVMambaBlock
+from logvmamba_nnunet.ops import scan_torch
+from logvmamba_nnunet.ops.flops import count_scan_flops
+
+FP32_BYTES = 4
+FP16_BYTES = 2
+ACTIVATION_CALIBRATION = 1.0
+"""Factor on the counted activations and transients, fitted to measured CPU peaks (see the module docstring)."""
+CUDA_RESERVE_BYTES = 768 * 2**20
+"""CUDA context and cuDNN workspace, which ``torch.cuda.get_device_properties(...).total_memory`` includes."""
+SCAN_BUFFERS = 3
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """What one training step of a network keeps, counted at batch 1 in float32 on the meta device (bytes, except
+    ``parameters``: elements)."""
+
+    parameters: int
+    parameters_outside_fp32_blocks: int
+    saved_outside_fp32_blocks: int
+    saved_in_fp32_blocks: int
+    saved_by_loss: int
+    largest_recomputation: int
+    largest_saved: int
+    batch_data: int
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak memory of one training step, in bytes, by component (see the module docstring)."""
+
+    batch_size: int
+    device_type: str
+    weights: int
+    gradients: int
+    optimizer_state: int
+    half_precision_weights: int
+    activations: int
+    transients: int
+    scan_buffers: int
+    batch_data: int
+    reserve: int
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f.name) for f in fields(self) if f.name not in ("batch_size", "device_type"))
+
+    def describe(self) -> str:
+        """One line: the total and its main parts, in GiB."""
+        gib = 2.0**30
+        fixed = self.weights + self.gradients + self.optimizer_state + self.half_precision_weights
+        other = self.scan_buffers + self.batch_data + self.reserve
+        return (f"{self.total / gib:.2f} GiB at batch {self.batch_size} on {self.device_type} (weights, gradients "
+                f"and optimizer state {fixed / gib:.2f}, activations {self.activations / gib:.2f}, backward "
+                f"transients {self.transients / gib:.2f}, other {other / gib:.2f})")
+
+
+class _SavedStorages:
+    """Distinct storages saved for backward (bytes), each with the places it was saved in: a block, or None for
+    outside every block; and the inputs of the blocks in ``recomputing``, which their checkpoints keep."""
+
+    def __init__(self, network: nn.Module, recomputing: set[LoGVMambaBlock]) -> None:
+        self.parameters = {p.untyped_storage()._cdata for p in network.parameters()}
+        self.recomputing = recomputing
+        self.bytes: dict[int, int] = {}
+        self.places: dict[int, set[LoGVMambaBlock | None]] = {}
+        self.block_inputs: set[int] = set()
+        self.current: LoGVMambaBlock | None = None
+        self.kept: list[torch.Tensor] = []
+
+    def _remember(self, tensor: torch.Tensor) -> int | None:
+        key = tensor.untyped_storage()._cdata
+        if key in self.parameters:
+            return None
+        self.bytes[key] = tensor.untyped_storage().nbytes()
+        self.kept.append(tensor)
+        return key
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = self._remember(tensor)
+        if key is not None:
+            self.places.setdefault(key, set()).add(self.current)
+        return tensor
+
+    def enter(self, block: LoGVMambaBlock, args: tuple) -> None:
+        self.current = block
+        if block in self.recomputing and isinstance(args[0], torch.Tensor):
+            key = self._remember(args[0])
+            if key is not None:
+                self.block_inputs.add(key)
+
+    def leave(self, block: LoGVMambaBlock, args: tuple, output: object) -> None:
+        self.current = None
+
+    def scan(self, inputs: tuple, device_type: str) -> None:
+        """What ``ChunkedSelectiveScan`` saves: its sequence inputs and the float32 states at its chunk starts
+        (a storage of its own, of n_chunks * b * d * n elements)."""
+        for tensor in inputs:
+            if tensor is not None:
+                self.pack(tensor)
+        u, state = inputs[0], inputs[2].shape[-2]
+        batch, channels, length = u.shape
+        plan = scan_torch._make_plan(length, batch * channels * state, None, torch.device(device_type))
+        key = -len(self.bytes) - 1
+        self.bytes[key] = FP32_BYTES * plan.n_chunks * batch * channels * state
+        self.places[key] = {self.current}
+
+
+def nnunet_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    """nnU-Net's default training loss (``nnUNetTrainer._build_loss`` without regions or ignore label: Dice +
+    cross-entropy with ``MemoryEfficientSoftDiceLoss``, deep-supervision weights 1/2^i, the last one 0) of the
+    network outputs (B, classes, *spatial) against label maps (B, 1, *spatial) of the same spatial sizes."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                          weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+    weights = np.array([1 / 2**i for i in range(len(outputs))])
+    if len(outputs) > 1:
+        weights[-1] = 0
+    return DeepSupervisionWrapper(loss, weights / weights.sum())(outputs, targets)
+
+
+def count_training_step(network: nn.Module, input_shape: tuple[int, ...], device_type: str = "cuda") -> StepCounts:
+    """Count one training step of ``network`` (moved to the meta device, its blocks' recomputation restored
+    afterwards) for one sample of ``input_shape`` = (channels, *patch). ``device_type`` sets how the selective
+    scan cuts its sequences into chunks (its saved chunk-start states), which differs between the CPU and GPUs."""
+    network = network.to("meta").train()
+    blocks = [m for m in network.modules() if isinstance(m, LoGVMambaBlock)]
+    recomputing = {block for block in blocks if block.recompute}
+    fp32_blocks = {block for block in blocks if block.fp32}
+    storages = _SavedStorages(network, recomputing)
+    x = torch.zeros((1, *input_shape), device="meta", requires_grad=True)
+    with contextlib.ExitStack() as stack:
+        for block in blocks:
+            stack.callback(setattr, block, "recompute", block.recompute)
+            block.recompute = False
+            stack.callback(block.register_forward_pre_hook(storages.enter).remove)
+            stack.callback(block.register_forward_hook(storages.leave).remove)
+        stack.enter_context(FlopCounterMode(display=False))
+        stack.enter_context(count_scan_flops(lambda inputs: storages.scan(inputs, device_type)))
+        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(storages.pack, lambda t: t))
+        output = network(x)
+        outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+        target_shapes = [(1, 1, *o.shape[2:]) for o in outputs]
+        forward_keys = set(storages.bytes)
+        nnunet_loss(outputs, [torch.zeros(shape, device="meta") for shape in target_shapes])
+
+    internal = dict.fromkeys(recomputing, 0)
+    kept = set(storages.block_inputs)
+    for key in forward_keys - storages.block_inputs:
+        places = storages.places[key]
+        if places <= recomputing:
+            for block in places:
+                internal[block] += storages.bytes[key]
+        else:
+            kept.add(key)
+    in_fp32 = {key for key in kept if storages.places.get(key) and storages.places[key] <= fp32_blocks}
+    fp32_parameters = {id(p) for block in fp32_blocks for p in block.parameters()}
+    return StepCounts(
+        parameters=sum(p.numel() for p in network.parameters()),
+        parameters_outside_fp32_blocks=sum(p.numel() for p in network.parameters() if id(p) not in fp32_parameters),
+        saved_outside_fp32_blocks=sum(storages.bytes[k] for k in kept - in_fp32),
+        saved_in_fp32_blocks=sum(storages.bytes[k] for k in in_fp32),
+        saved_by_loss=sum(storages.bytes[k] for k in set(storages.bytes) - forward_keys),
+        largest_recomputation=max(internal.values(), default=0),
+        largest_saved=max((storages.bytes[k] for k in kept), default=0),
+        batch_data=FP32_BYTES * (math.prod(input_shape) + sum(math.prod(s) for s in target_shapes)))
+
+
+def scan_buffer_bytes(device_type: str) -> int:
+    """Bytes of the selective scan's block buffers at their largest (``ops/scan_torch.py``'s budgets: on the CPU
+    its workspace, which it keeps between calls, at most ``_KEPT_WORKSPACE_ELEMENTS``; on GPUs three block buffers
+    of ``_ACCELERATOR_BLOCK_ELEMENTS``)."""
+    if device_type == "cpu":
+        return scan_torch._KEPT_WORKSPACE_ELEMENTS * FP32_BYTES
+    return SCAN_BUFFERS * scan_torch._ACCELERATOR_BLOCK_ELEMENTS * FP32_BYTES
+
+
+def estimate_from_counts(counts: StepCounts, batch_size: int, device_type: str,
+                         optimizer_states: int = 2) -> MemoryEstimate:
+    """Peak bytes of a training step at ``batch_size`` on ``device_type`` ("cuda": fp16 autocast, as nnU-Net
+    trains; anything else: float32 without autocast) with ``optimizer_states`` state tensors per parameter."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    autocast = device_type == "cuda"
+    outside = counts.saved_outside_fp32_blocks * (FP16_BYTES / FP32_BYTES if autocast else 1)
+    activations = outside + counts.saved_in_fp32_blocks + counts.saved_by_loss
+    transients = counts.largest_recomputation + 2 * counts.largest_saved
+    return MemoryEstimate(
+        batch_size=batch_size, device_type=device_type,
+        weights=FP32_BYTES * counts.parameters, gradients=FP32_BYTES * counts.parameters,
+        optimizer_state=FP32_BYTES * counts.parameters * optimizer_states,
+        half_precision_weights=FP16_BYTES * counts.parameters_outside_fp32_blocks if autocast else 0,
+        activations=round(ACTIVATION_CALIBRATION * batch_size * activations),
+        transients=round(ACTIVATION_CALIBRATION * batch_size * transients),
+        scan_buffers=scan_buffer_bytes(device_type), batch_data=batch_size * counts.batch_data,
+        reserve=CUDA_RESERVE_BYTES if autocast else 0)
+
+
+def largest_batch_size(counts: StepCounts, budget_bytes: float, device_type: str, optimizer_states: int = 2) -> int:
+    """The largest batch size whose estimate is at most ``budget_bytes`` (0 when batch 1 does not fit)."""
+    one = estimate_from_counts(counts, 1, device_type, optimizer_states).total
+    two = estimate_from_counts(counts, 2, device_type, optimizer_states).total
+    per_sample, fixed = two - one, 2 * one - two
+    batch = int((budget_bytes - fixed) // per_sample) if budget_bytes >= one else 0
+    while batch > 0 and estimate_from_counts(counts, batch, device_type, optimizer_states).total > budget_bytes:
+        batch -= 1
+    return batch
+
+
+def optimizer_state_tensors(trainer_class: type) -> int:
+    """State tensors per parameter of the trainer's optimizer (its ``optimizer_states`` attribute; Adam's 2 when
+    it has none)."""
+    return int(getattr(trainer_class, "optimizer_states", 2))
+
+
+def count_configuration(trainer_class: type, plans: dict, configuration: str, in_channels: int, classes: int,
+                        device_type: str) -> StepCounts:
+    """:func:`count_training_step` for the network ``trainer_class`` builds for the plans' configuration (built
+    on the meta device, with deep supervision, as in training)."""
+    from logvmamba_nnunet.profiling.profile import build_network
+
+    with torch.device("meta"):
+        network = build_network(trainer_class, plans, configuration, in_channels, classes)
+    patch = tuple(plans["configurations"][configuration]["patch_size"])
+    return count_training_step(network, (in_channels, *patch), device_type)
+
+
+def estimate_configuration(trainer_class: type, plans: dict, configuration: str, in_channels: int, classes: int,
+                           device_type: str, batch_size: int | None = None) -> MemoryEstimate:
+    """Peak memory of one training step of ``trainer_class`` at the plans' configuration and its batch size (or
+    ``batch_size``) on ``device_type``."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    counts = count_configuration(trainer_class, plans, configuration, in_channels, classes, device_type)
+    batch = batch_size or PlansManager(plans).get_configuration(configuration).batch_size
+    return estimate_from_counts(counts, batch, device_type, optimizer_state_tensors(trainer_class))

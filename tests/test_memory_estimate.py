@@ -1,0 +1,109 @@
+"""Memory estimate of a training step: counts on the meta device against real CPU runs, and the estimate's sums."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from logvmamba_nnunet.modules.block import LoGVMambaBlock
+from logvmamba_nnunet.nnunet.synthetic_plans import synthetic_plans
+from logvmamba_nnunet.profiling.memory_estimate import (
+    CUDA_RESERVE_BYTES,
+    StepCounts,
+    count_configuration,
+    count_training_step,
+    estimate_configuration,
+    estimate_from_counts,
+    largest_batch_size,
+    nnunet_loss,
+    optimizer_state_tensors,
+    scan_buffer_bytes,
+)
+from logvmamba_nnunet.profiling.profile import build_network, find_trainer_class, saved_activation_bytes
+
+PATCH = [16, 24, 16]
+
+
+def log_network(recompute: bool) -> nn.Module:
+    torch.manual_seed(0)
+    trainer = find_trainer_class("nnUNetTrainerLoGVMamba")
+    network = build_network(trainer, synthetic_plans(PATCH), "synthetic", 1, 3)
+    for module in network.modules():
+        if isinstance(module, LoGVMambaBlock):
+            module.recompute = recompute
+    return network
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_forward_count_matches_a_real_cpu_forward(recompute):
+    """The meta count of the forward's saved storages (the scan's included, which the meta run only models) equals
+    what autograd saves in a real float32 forward on the CPU with the torch scan: exactly with recomputation (the
+    default), within 3% without (the modelled scan's storages inside the blocks)."""
+    network = log_network(recompute)
+    real = saved_activation_bytes(network, torch.randn(1, 1, *PATCH, requires_grad=True))
+    counts = count_training_step(log_network(recompute), (1, *PATCH), "cpu")
+    counted = counts.saved_outside_fp32_blocks + counts.saved_in_fp32_blocks
+    assert counted == real if recompute else counted == pytest.approx(real, rel=0.03)
+    assert (counts.largest_recomputation > 0) == recompute
+    assert (counts.saved_in_fp32_blocks > 0) != recompute
+    assert counts.parameters == sum(p.numel() for p in network.parameters())
+
+
+def test_blocks_keep_their_recompute_setting_and_plain_networks_have_no_recomputation():
+    network = log_network(True)
+    count_training_step(network, (1, *PATCH), "cpu")
+    assert all(m.recompute for m in network.modules() if isinstance(m, LoGVMambaBlock))
+    plain = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(4, 3, 1))
+    counts = count_training_step(plain, (1, 8, 8, 8), "cpu")
+    real = saved_activation_bytes(nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(4, 3, 1)),
+                                  torch.randn(1, 1, 8, 8, 8, requires_grad=True))
+    assert counts.saved_outside_fp32_blocks == real and counts.largest_recomputation == 0
+    assert counts.saved_by_loss > 0 and counts.batch_data == 4 * (8**3 + 8**3)
+
+
+def test_estimate_sums_its_parts():
+    counts = StepCounts(parameters=1000, parameters_outside_fp32_blocks=600, saved_outside_fp32_blocks=4000,
+                        saved_in_fp32_blocks=1000, saved_by_loss=500, largest_recomputation=300, largest_saved=100,
+                        batch_data=50)
+    cpu = estimate_from_counts(counts, 3, "cpu", optimizer_states=2)
+    assert (cpu.weights, cpu.gradients, cpu.optimizer_state, cpu.half_precision_weights) == (4000, 4000, 8000, 0)
+    assert (cpu.activations, cpu.transients, cpu.batch_data, cpu.reserve) == (3 * 5500, 3 * 500, 150, 0)
+    assert cpu.total == 4000 + 4000 + 8000 + 16500 + 1500 + 150 + scan_buffer_bytes("cpu")
+    cuda = estimate_from_counts(counts, 3, "cuda", optimizer_states=1)
+    assert (cuda.optimizer_state, cuda.half_precision_weights, cuda.activations) == (4000, 1200, 3 * 3500)
+    assert cuda.reserve == CUDA_RESERVE_BYTES and cuda.scan_buffers > cpu.scan_buffers
+    with pytest.raises(ValueError, match="batch_size"):
+        estimate_from_counts(counts, 0, "cpu")
+
+
+def test_largest_batch_size():
+    counts = StepCounts(1000, 1000, 10**6, 0, 0, 0, 0, 0)
+    for budget in (scan_buffer_bytes("cpu") + 5 * 10**6, scan_buffer_bytes("cpu") + 3.5 * 10**7):
+        batch = largest_batch_size(counts, budget, "cpu")
+        assert estimate_from_counts(counts, batch, "cpu").total <= budget
+        assert batch >= 4 and estimate_from_counts(counts, batch + 1, "cpu").total > budget
+    assert largest_batch_size(counts, 1000, "cpu") == 0
+
+
+def test_nnunet_loss_is_the_weighted_sum_of_dice_and_cross_entropy():
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    torch.manual_seed(0)
+    outputs = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2)]
+    targets = [torch.randint(0, 3, (2, 1, *o.shape[2:])).float() for o in outputs]
+    single = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                            dice_class=MemoryEfficientSoftDiceLoss)
+    expected = (single(outputs[0], targets[0]) * (1 / 1.5) + single(outputs[1], targets[1]) * (0.5 / 1.5))
+    torch.testing.assert_close(nnunet_loss(outputs, targets), expected)
+
+
+def test_configuration_helpers_build_the_trainers_network():
+    trainer = find_trainer_class("nnUNetTrainerLoGVMamba_nnUNetRecipe")
+    plans = synthetic_plans(PATCH)
+    counts = count_configuration(trainer, plans, "synthetic", 1, 3, "cuda")
+    assert counts == count_training_step(log_network(True), (1, *PATCH), "cuda")
+    assert optimizer_state_tensors(trainer) == 1 and optimizer_state_tensors(object) == 2
+    estimate = estimate_configuration(trainer, plans, "synthetic", 1, 3, "cuda", batch_size=5)
+    assert estimate == estimate_from_counts(counts, 5, "cuda", 1)
