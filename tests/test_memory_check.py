@@ -79,3 +79,18 @@ def test_shortfall_message_and_device_memory(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties())
     assert device_memory_bytes(torch.device("cuda", 0)) == 25_393_692_672
+
+
+def test_doctor_and_profile_print_the_estimate(capsys):
+    from logvmamba_nnunet.cli.doctor import check_memory_estimate
+    from logvmamba_nnunet.cli.main import main
+    from logvmamba_nnunet.nnunet.synthetic_plans import synthetic_plans
+    from logvmamba_nnunet.profiling.memory_estimate import estimate_configuration
+
+    expected = estimate_configuration(nnUNetTrainerLoGVMamba, synthetic_plans([32, 32, 32]), "synthetic", 1, 3,
+                                      "cuda").total
+    check = check_memory_estimate((32, 32, 32))
+    assert check.ok and f"patch 32x32x32, batch 2: {expected / GB:.1f} GB" in check.detail
+    assert main(["profile", "--patch", "32", "32", "32", "--classes", "3", "-tr", "nnUNetTrainerLoGVMamba"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| nnUNetTrainerLoGVMamba"))
+    assert row.rstrip(" |").endswith(f"{expected / 1e9:.1f}")

@@ -111,6 +111,29 @@ def check_trainer_discovery() -> Check:
                  f"nnU-Net finds {MAIN_TRAINER} (folder {ext_trainer_folder()} is on {EXT_TRAINER_ENV}){note}")
 
 
+def check_memory_estimate(patch: tuple[int, ...] = (128, 128, 128)) -> Check:
+    """The estimated training memory of the main trainer at an nnU-Net-style plan for ``patch`` (batch 2) on CUDA,
+    against this machine's GPU when there is one (informational)."""
+    import torch
+
+    from logvmamba_nnunet.nnunet.memory_check import device_memory_bytes
+    from logvmamba_nnunet.nnunet.planner import GB
+    from logvmamba_nnunet.nnunet.synthetic_plans import synthetic_plans
+    from logvmamba_nnunet.profiling.memory_estimate import estimate_configuration
+
+    trainer = getattr(importlib.import_module(TRAINER_PACKAGE), MAIN_TRAINER)
+    estimate = estimate_configuration(trainer, synthetic_plans(list(patch)), "synthetic", 1, 3, "cuda")
+    size = "x".join(map(str, patch))
+    detail = (f"{MAIN_TRAINER}, patch {size}, batch {estimate.batch_size}: {estimate.total / GB:.1f} GB "
+              "on a CUDA device (fp16 autocast)")
+    if torch.cuda.is_available():
+        capacity = device_memory_bytes(torch.device("cuda", torch.cuda.current_device()))
+        detail += f"; this GPU has {capacity / GB:.1f} GB"
+        if estimate.total > capacity:
+            detail += f": plan with `logvmamba-nnunet plan -d ID --gpu-memory {int(capacity // GB)}`"
+    return Check("memory estimate", True, detail)
+
+
 def check_nnunet_paths() -> list[Check]:
     checks = []
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -124,7 +147,10 @@ def collect_checks() -> list[Check]:
     checks = check_versions()
     if any(not c.ok for c in checks if c.name in ("torch", "nnunetv2")):
         return checks
-    return checks + check_scan_backend() + [check_trainer_discovery()] + check_nnunet_paths()
+    checks = checks + check_scan_backend() + [check_trainer_discovery()]
+    if checks[-1].ok:
+        checks.append(check_memory_estimate())
+    return checks + check_nnunet_paths()
 
 
 def add_parser(subparsers) -> None:

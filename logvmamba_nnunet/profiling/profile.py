@@ -9,6 +9,8 @@ with the plan's configuration), then:
   :mod:`logvmamba_nnunet.ops.flops` (which FLOP counters miss); one multiply-add counts as 2 FLOPs;
 - activation memory: bytes of the tensors autograd saves for backward during that forward (batch 1, fp32), summed
   over saved tensors, which is what training holds at the end of the forward;
+- training memory: the estimated peak of one training step at the plan's batch size on a CUDA device under fp16
+  autocast (:mod:`logvmamba_nnunet.profiling.memory_estimate`);
 - time (optional, on a real device): median forward and forward+backward time, batch 1.
 """
 
@@ -34,6 +36,7 @@ class ProfileRow:
     conv_matmul_flops: int
     scan_flops: int
     activation_bytes: int
+    training_memory_bytes: int | None = None
     forward_s: float | None = None
     forward_backward_s: float | None = None
 
@@ -135,7 +138,10 @@ def time_network(network: nn.Module, input_shape: tuple[int, ...], device: str, 
 
 def profile_trainers(trainers: list[str], plans: dict, configuration: str, in_channels: int, classes: int,
                      timing_device: str | None = None, repeats: int = 2) -> list[ProfileRow]:
-    """One :class:`ProfileRow` per trainer name, at the configuration's patch size."""
+    """One :class:`ProfileRow` per trainer name, at the configuration's patch size (training memory at its batch
+    size)."""
+    from logvmamba_nnunet.profiling.memory_estimate import estimate_configuration
+
     patch = tuple(plans["configurations"][configuration]["patch_size"])
     rows = []
     for name in trainers:
@@ -147,18 +153,22 @@ def profile_trainers(trainers: list[str], plans: dict, configuration: str, in_ch
         if timing_device is not None:
             timing = time_network(network, (1, in_channels, *patch), timing_device, repeats)
         conv_matmul, scan, activations = count_flops_and_memory(network, (1, in_channels, *patch))
-        rows.append(ProfileRow(name, parameters, conv_matmul, scan, activations, *timing))
+        training = estimate_configuration(trainer, plans, configuration, in_channels, classes, "cuda").total
+        rows.append(ProfileRow(name, parameters, conv_matmul, scan, activations, training, *timing))
     return rows
 
 
 def format_table(rows: list[ProfileRow], patch: tuple[int, ...], timing_device: str | None) -> str:
-    header = ["trainer", "params (M)", "GFLOPs conv+matmul", "GFLOPs scan", "GFLOPs total", "activations (GiB)"]
+    header = ["trainer", "params (M)", "GFLOPs conv+matmul", "GFLOPs scan", "GFLOPs total", "activations (GiB)",
+              "training step, CUDA (GB, est.)"]
     if timing_device:
         header += [f"forward (s, {timing_device})", f"fwd+bwd (s, {timing_device})"]
-    lines = [f"patch {list(patch)}, batch 1", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"patch {list(patch)}, batch 1 (training step: the plan's batch size)",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.trainer, f"{row.parameters / 1e6:.2f}", f"{row.conv_matmul_flops / 1e9:.1f}",
-                 f"{row.scan_flops / 1e9:.2f}", f"{row.total_flops / 1e9:.1f}", f"{row.activation_bytes / 2**30:.2f}"]
+                 f"{row.scan_flops / 1e9:.2f}", f"{row.total_flops / 1e9:.1f}", f"{row.activation_bytes / 2**30:.2f}",
+                 "n/a" if row.training_memory_bytes is None else f"{row.training_memory_bytes / 1e9:.1f}"]
         if timing_device:
             cells += [f"{row.forward_s:.3f}", f"{row.forward_backward_s:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
