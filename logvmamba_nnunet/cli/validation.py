@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from logvmamba_nnunet.data.json_object import read_json_object
 
 PROG = "logvmamba-nnunet"
 
@@ -61,27 +62,27 @@ def user_errors(*types: type[BaseException]) -> Iterator[None]:
         raise UserInputError(one_line(error)) from error
 
 
-def require_folder(path: str | Path, what: str, fix: str) -> Path:
-    """``path`` as a Path if it is a readable folder; else :class:`UserInputError` naming ``what`` and ``fix``."""
+def _require_readable(path: str | Path, what: str, fix: str, folder: bool) -> Path:
+    """``path`` as a Path if it is a readable folder (``folder``) or file; else :class:`UserInputError`."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{what} {path} does not exist; {fix}")
-    if not path.is_dir():
-        raise UserInputError(f"{what} {path} is a file, not a folder; {fix}")
-    if not os.access(path, os.R_OK | os.X_OK):
+    if path.is_dir() != folder:
+        found, wanted = ("a folder", "a file") if path.is_dir() else ("a file", "a folder")
+        raise UserInputError(f"{what} {path} is {found}, not {wanted}; {fix}")
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
         raise UserInputError(f"{what} {path} is not readable (permissions); fix its permissions or {fix}")
     return path
 
 
+def require_folder(path: str | Path, what: str, fix: str) -> Path:
+    """``path`` as a Path if it is a readable folder; else :class:`UserInputError` naming ``what`` and ``fix``."""
+    return _require_readable(path, what, fix, folder=True)
+
+
 def require_file(path: str | Path, what: str, fix: str) -> Path:
     """``path`` as a Path if it is a readable, non-empty file; else :class:`UserInputError`."""
-    path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"{what} {path} does not exist; {fix}")
-    if not path.is_file():
-        raise UserInputError(f"{what} {path} is a folder, not a file; {fix}")
-    if not os.access(path, os.R_OK):
-        raise UserInputError(f"{what} {path} is not readable (permissions); fix its permissions or {fix}")
+    path = _require_readable(path, what, fix, folder=False)
     if path.stat().st_size == 0:
         raise UserInputError(f"{what} {path} is empty; {fix}")
     return path
@@ -101,12 +102,9 @@ def load_json_object(path: str | Path, what: str, fix: str) -> dict:
     a JSON object."""
     path = require_file(path, what, fix)
     try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserInputError(f"{what} {path} is not valid JSON ({error}); {fix}") from None
-    if not isinstance(value, dict):
-        raise UserInputError(f"{what} {path} holds a JSON {type(value).__name__}, not an object; {fix}")
-    return value
+        return read_json_object(path)
+    except ValueError as error:
+        raise UserInputError(f"{what} {error}; {fix}") from None
 
 
 def require_output_folder(path: str | Path, what: str) -> Path:

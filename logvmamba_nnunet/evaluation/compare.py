@@ -22,7 +22,6 @@ over them), Holm-corrected over all tests of the comparison.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from textwrap import shorten
 
 import numpy as np
 
+from logvmamba_nnunet.data.json_object import read_json_object
 from logvmamba_nnunet.evaluation.evaluate import Target, evaluate_folders, targets_from_dataset_json
 from logvmamba_nnunet.evaluation.report import mean_and_standard_error
 from logvmamba_nnunet.evaluation.statistics import holm, paired_wilcoxon
@@ -116,15 +116,10 @@ class Comparison:
 
 
 def _load_json(path: Path, fix: str) -> dict:
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist; {fix}")
     try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); {fix}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
-    return value
+        return read_json_object(path)
+    except ValueError as error:
+        raise ValueError(f"{error}; {fix}") from None
 
 
 def _names(names: Sequence[str], limit: int = 10) -> str:
