@@ -1,6 +1,8 @@
 """The residual pre-norm block, its DropPath (dynamic-network-architectures' stochastic depth) and its recomputation
 of activations in backward."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,6 +127,23 @@ CASES = [(2, (6, 5), "local_global", {"gtx_stride": 2}), (3, (3, 4, 5), "local_g
          (3, (3, 4, 4), "global", {"directions": 2}), (2, (5, 4), "vss", {"directions": 4})]
 
 
+def stored_and_recomputed(block: LoGVMambaBlock, x: torch.Tensor, loss, forward_context=contextlib.nullcontext
+                          ) -> list[list[torch.Tensor]]:
+    """[output, input gradient, parameter gradients] of one training step without and with recomputation, the
+    random state reset before each; the forward runs inside ``forward_context()``."""
+    results = []
+    for recompute in (False, True):
+        block.recompute = recompute
+        block.zero_grad()
+        x.grad = None
+        torch.manual_seed(1)
+        with forward_context():
+            out = block(x)
+        loss(out).backward()
+        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in block.parameters())])
+    return results
+
+
 @pytest.mark.parametrize(("spatial_dims", "size", "kind", "kwargs"), CASES)
 @pytest.mark.parametrize("fp32", [True, False])
 def test_recompute_gives_the_same_outputs_and_gradients(spatial_dims, size, kind, kwargs, fp32):
@@ -134,15 +153,7 @@ def test_recompute_gives_the_same_outputs_and_gradients(spatial_dims, size, kind
     block = LoGVMambaBlock(8, spatial_dims, kind, 0.5, planned_size=size, d_state=4, fp32=fp32, **kwargs).train()
     x = torch.randn(8, *size, 8, requires_grad=True)
     weights = torch.randn_like(x)
-    results = []
-    for recompute in (False, True):
-        block.recompute = recompute
-        block.zero_grad()
-        x.grad = None
-        torch.manual_seed(1)
-        out = block(x)
-        (out * weights).sum().backward()
-        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in block.parameters())])
+    results = stored_and_recomputed(block, x, lambda out: (out * weights).sum())
     dropped = (results[0][0] == x.detach()).flatten(1).all(dim=1)
     assert 0 < dropped.sum() < 8
     for stored, recomputed in zip(*results, strict=True):
@@ -153,16 +164,8 @@ def test_recompute_under_bf16_autocast_gives_the_same_outputs_and_gradients():
     torch.manual_seed(0)
     block = LoGVMambaBlock(8, 3, "local_global", 0.3, planned_size=(3, 4, 4), d_state=4, gtx_stride=2).train()
     x = torch.randn(4, 3, 4, 4, 8, requires_grad=True)
-    results = []
-    for recompute in (False, True):
-        block.recompute = recompute
-        block.zero_grad()
-        x.grad = None
-        torch.manual_seed(1)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = block(x)
-        out.float().square().sum().backward()
-        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in block.parameters())])
+    results = stored_and_recomputed(block, x, lambda out: out.float().square().sum(),
+                                    lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     for stored, recomputed in zip(*results, strict=True):
         assert torch.equal(stored, recomputed)
 

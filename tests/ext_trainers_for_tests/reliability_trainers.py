@@ -30,9 +30,8 @@ def _pause_marker(kind: str) -> Path | None:
     return Path(marker) if requested == kind and marker else None
 
 
-class nnUNetTrainerLoGVMamba_Checkpoints_Tiny(nnUNetTrainerLoGVMamba_Tiny):
-    """3 epochs of 2 iterations, 1 validation iteration, checkpoint_latest.pth after every epoch; pauses on
-    request (module docstring)."""
+class nnUNetTrainerLoGVMamba_EveryEpoch_Tiny(nnUNetTrainerLoGVMamba_Tiny):
+    """3 epochs of 2 iterations, 1 validation iteration, checkpoint_latest.pth after every epoch."""
 
     epochs = 3
     iterations_per_epoch = 2
@@ -42,6 +41,10 @@ class nnUNetTrainerLoGVMamba_Checkpoints_Tiny(nnUNetTrainerLoGVMamba_Tiny):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.save_every = 1
+
+
+class nnUNetTrainerLoGVMamba_Checkpoints_Tiny(nnUNetTrainerLoGVMamba_EveryEpoch_Tiny):
+    """The every-epoch schedule; pauses on request (module docstring)."""
 
     def train_step(self, batch: dict) -> dict:
         marker = _pause_marker("iteration")
@@ -74,21 +77,13 @@ class nnUNetTrainerLoGVMamba_Checkpoints_Tiny(nnUNetTrainerLoGVMamba_Tiny):
             torch.save = real_save
 
 
-class nnUNetTrainerLoGVMamba_NaN_Tiny(nnUNetTrainerLoGVMamba_Tiny):
-    """3 epochs of 2 iterations, 1 validation iteration, checkpoint_latest.pth after every epoch, training stopped
-    after 3 non-finite losses in a row; from epoch ``nan_from_epoch`` on every training input is nan, so the loss,
-    the gradients and then the weights become nan (the guard stops it in epoch 2, iteration 0)."""
+class nnUNetTrainerLoGVMamba_NaN_Tiny(nnUNetTrainerLoGVMamba_EveryEpoch_Tiny):
+    """The every-epoch schedule, training stopped after 3 non-finite losses in a row; from epoch ``nan_from_epoch``
+    on every training input is nan, so the loss, the gradients and then the weights become nan (the guard stops it
+    in epoch 2, iteration 0)."""
 
-    epochs = 3
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
     nonfinite_loss_patience = 3
     nan_from_epoch = 1
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.save_every = 1
 
     def train_step(self, batch: dict) -> dict:
         if self.current_epoch >= self.nan_from_epoch:
