@@ -9,6 +9,7 @@ from torch import nn
 from logvmamba_nnunet.modules.block import LoGVMambaBlock
 from logvmamba_nnunet.nnunet.synthetic_plans import synthetic_plans
 from logvmamba_nnunet.profiling.memory_estimate import (
+    CUDA_CALIBRATION,
     CUDA_RESERVE_BYTES,
     StepCounts,
     count_configuration,
@@ -71,7 +72,8 @@ def test_estimate_sums_its_parts():
     assert (cpu.activations, cpu.transients, cpu.batch_data, cpu.reserve) == (3 * 5500, 3 * 500, 150, 0)
     assert cpu.total == 4000 + 4000 + 8000 + 16500 + 1500 + 150 + scan_buffer_bytes("cpu")
     cuda = estimate_from_counts(counts, 3, "cuda", optimizer_states=1)
-    assert (cuda.optimizer_state, cuda.half_precision_weights, cuda.activations) == (4000, 1200, 3 * 3500)
+    assert (cuda.optimizer_state, cuda.half_precision_weights) == (4000, 1200)
+    assert cuda.activations == round(CUDA_CALIBRATION * 3 * 3500)
     assert cuda.reserve == CUDA_RESERVE_BYTES and cuda.scan_buffers > cpu.scan_buffers
     with pytest.raises(ValueError, match="batch_size"):
         estimate_from_counts(counts, 0, "cpu")

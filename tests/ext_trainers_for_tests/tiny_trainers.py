@@ -55,3 +55,11 @@ class nnUNetTrainerUMambaBot_Tiny(nnUNetTrainerUMambaBot):
     epochs = 2
     iterations_per_epoch = 2
     val_iterations_per_epoch = 1
+
+
+class nnUNetTrainerLoGVMamba_Minimal(TinyNetwork2D, nnUNetTrainerLoGVMamba):
+    """1 epoch of 2 iterations, 1 validation iteration, the small 2D network."""
+
+    epochs = 1
+    iterations_per_epoch = 2
+    val_iterations_per_epoch = 1
