@@ -75,6 +75,9 @@ def test_estimate_sums_its_parts():
     assert (cuda.optimizer_state, cuda.half_precision_weights) == (4000, 1200)
     assert cuda.activations == round(CUDA_CALIBRATION * 3 * 3500)
     assert cuda.reserve == CUDA_RESERVE_BYTES and cuda.scan_buffers > cpu.scan_buffers
+    fp32 = estimate_from_counts(counts, 3, "cuda", optimizer_states=1, autocast=False)  # force_fp32 on a GPU
+    assert (fp32.half_precision_weights, fp32.activations) == (0, round(CUDA_CALIBRATION * 3 * 5500))
+    assert fp32.reserve == CUDA_RESERVE_BYTES and fp32.total > cuda.total
     with pytest.raises(ValueError, match="batch_size"):
         estimate_from_counts(counts, 0, "cpu")
 

@@ -123,7 +123,12 @@ def test_parse_gpu_memory_and_identifier():
     assert plans_identifier(10.5, "nnUNetTrainerLVMamba") == "nnUNetLoGVMambaPlans_10.5G_LVMamba"
 
 
-def test_unknown_configuration_is_refused(planner_folders):
+def test_configurations_asked_for(planner_folders):
+    """Unknown names are refused; 3d_lowres brings 3d_fullres (its cascade's second stage); a trainer without
+    autocast is sized in float32."""
     write_fingerprint(planner_folders, [[64, 64, 64]] * 3, [[1.0, 1.0, 1.0]] * 3)
     with pytest.raises(ValueError, match="choose from"):
         LoGVMambaPlanner(DATASET, 8, configurations=("3d_highres",))
+    assert LoGVMambaPlanner(DATASET, 8, configurations=("3d_lowres",)).configurations == ("3d_lowres", "3d_fullres")
+    assert LoGVMambaPlanner(DATASET, 8).autocast
+    assert not LoGVMambaPlanner(DATASET, 8, trainer_name="nnUNetTrainerLoGVMamba_NoAMP").autocast

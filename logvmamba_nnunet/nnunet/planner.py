@@ -64,7 +64,8 @@ def plans_identifier(gpu_memory_gb: float, trainer_name: str = DEFAULT_TRAINER) 
 
 class LoGVMambaPlanner(ExperimentPlanner):
     """nnU-Net's planner sized for ``trainer_name``'s network at ``gpu_memory_target_in_gb`` GB on
-    ``device_type`` ("cuda": fp16 autocast as nnU-Net trains; "cpu": float32), planning ``configurations``."""
+    ``device_type`` ("cuda": fp16 autocast as nnU-Net trains, float32 for trainers with ``force_fp32``; "cpu":
+    float32), planning ``configurations`` (3d_lowres brings 3d_fullres, the cascade's second stage)."""
 
     def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
@@ -80,7 +81,10 @@ class LoGVMambaPlanner(ExperimentPlanner):
         self.trainer_name = trainer_name
         self.trainer_class = find_trainer_class(trainer_name)
         self.device_type = device_type
-        self.configurations = tuple(configurations)
+        self.autocast = device_type == "cuda" and not getattr(self.trainer_class, "force_fp32", False)
+        # the cascade's second stage is 3d_fullres, so 3d_lowres comes with it
+        self.configurations = tuple(configurations) + (
+            ("3d_fullres",) if "3d_lowres" in configurations and "3d_fullres" not in configurations else ())
         self.budget_bytes = gpu_memory_target_in_gb * GB
         # nnU-Net shrinks the patch while estimate / reference_bs * 2 > reference * target / corresponding_GB:
         # with these values, while the estimate at batch 2 (in bytes) exceeds the target in bytes
@@ -97,8 +101,8 @@ class LoGVMambaPlanner(ExperimentPlanner):
 
     def estimate_bytes(self, counts: StepCounts, batch_size: int) -> int:
         """The estimate (bytes) of a training step at ``batch_size`` for counted network ``counts``."""
-        return estimate_from_counts(counts, batch_size, self.device_type,
-                                    optimizer_state_tensors(self.trainer_class)).total
+        return estimate_from_counts(counts, batch_size, self.device_type, optimizer_state_tensors(self.trainer_class),
+                                    self.autocast).total
 
     def static_estimate_VRAM_usage(self, patch_size: Sequence[int], input_channels: int, output_channels: int,
                                    arch_class_name: str, arch_kwargs: dict,
@@ -123,13 +127,13 @@ class LoGVMambaPlanner(ExperimentPlanner):
         """nnU-Net's configuration with the batch size from the estimate; a placeholder for configurations not
         asked for (nnU-Net plans 2D and 3D together)."""
         name = data_identifier.removeprefix(self.plans_identifier + "_")
-        if name not in self.configurations and not (name == "3d_fullres" and "3d_lowres" in self.configurations):
+        if name not in self.configurations:
             return {"patch_size": [int(s) for s in median_shape], "spacing": np.array(spacing, dtype=float)}
         plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
                                                    approximate_n_voxels_dataset, _cache)
         counts = self.counts[self._key(plan["patch_size"], plan["architecture"]["arch_kwargs"]["strides"])]
         batch = largest_batch_size(counts, self.budget_bytes, self.device_type,
-                                   optimizer_state_tensors(self.trainer_class))
+                                   optimizer_state_tensors(self.trainer_class), self.autocast)
         five_percent = round(approximate_n_voxels_dataset * self.max_dataset_covered
                              / np.prod(plan["patch_size"], dtype=np.float64))
         plan["batch_size"] = max(min(batch, five_percent), self.UNet_min_batch_size)

@@ -224,14 +224,16 @@ def scan_buffer_bytes(device_type: str) -> int:
     return SCAN_BUFFERS * scan_torch._ACCELERATOR_BLOCK_ELEMENTS * FP32_BYTES
 
 
-def estimate_from_counts(counts: StepCounts, batch_size: int, device_type: str,
-                         optimizer_states: int = 2) -> MemoryEstimate:
-    """Peak bytes of a training step at ``batch_size`` on ``device_type`` ("cuda": fp16 autocast, as nnU-Net
-    trains; anything else: float32 without autocast) with ``optimizer_states`` state tensors per parameter."""
+def estimate_from_counts(counts: StepCounts, batch_size: int, device_type: str, optimizer_states: int = 2,
+                         autocast: bool | None = None) -> MemoryEstimate:
+    """Peak bytes of a training step at ``batch_size`` on ``device_type`` ("cuda" or "cpu") with
+    ``optimizer_states`` state tensors per parameter, under fp16 autocast (default: on CUDA, as nnU-Net trains) or
+    in float32."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    autocast = device_type == "cuda"
-    calibration = CUDA_CALIBRATION if autocast else CPU_CALIBRATION
+    cuda = device_type == "cuda"
+    autocast = cuda if autocast is None else autocast
+    calibration = CUDA_CALIBRATION if cuda else CPU_CALIBRATION
     outside = counts.saved_outside_fp32_blocks * (FP16_BYTES / FP32_BYTES if autocast else 1)
     activations = outside + counts.saved_in_fp32_blocks + counts.saved_by_loss
     transients = counts.largest_recomputation + 2 * counts.largest_saved
@@ -243,16 +245,19 @@ def estimate_from_counts(counts: StepCounts, batch_size: int, device_type: str,
         activations=round(calibration * batch_size * activations),
         transients=round(calibration * batch_size * transients),
         scan_buffers=scan_buffer_bytes(device_type), batch_data=batch_size * counts.batch_data,
-        reserve=CUDA_RESERVE_BYTES if autocast else 0)
+        reserve=CUDA_RESERVE_BYTES if cuda else 0)
 
 
-def largest_batch_size(counts: StepCounts, budget_bytes: float, device_type: str, optimizer_states: int = 2) -> int:
+def largest_batch_size(counts: StepCounts, budget_bytes: float, device_type: str, optimizer_states: int = 2,
+                       autocast: bool | None = None) -> int:
     """The largest batch size whose estimate is at most ``budget_bytes`` (0 when batch 1 does not fit)."""
-    one = estimate_from_counts(counts, 1, device_type, optimizer_states).total
-    two = estimate_from_counts(counts, 2, device_type, optimizer_states).total
+    def total(batch: int) -> int:
+        return estimate_from_counts(counts, batch, device_type, optimizer_states, autocast).total
+
+    one, two = total(1), total(2)
     per_sample, fixed = two - one, 2 * one - two
     batch = int((budget_bytes - fixed) // per_sample) if budget_bytes >= one else 0
-    while batch > 0 and estimate_from_counts(counts, batch, device_type, optimizer_states).total > budget_bytes:
+    while batch > 0 and total(batch) > budget_bytes:
         batch -= 1
     return batch
 
@@ -276,11 +281,12 @@ def count_configuration(trainer_class: type, plans: dict, configuration: str, in
 
 
 def estimate_configuration(trainer_class: type, plans: dict, configuration: str, in_channels: int, classes: int,
-                           device_type: str, batch_size: int | None = None) -> MemoryEstimate:
+                           device_type: str, batch_size: int | None = None,
+                           autocast: bool | None = None) -> MemoryEstimate:
     """Peak memory of one training step of ``trainer_class`` at the plans' configuration and its batch size (or
-    ``batch_size``) on ``device_type``."""
+    ``batch_size``) on ``device_type``, with or without autocast (default: on CUDA)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     counts = count_configuration(trainer_class, plans, configuration, in_channels, classes, device_type)
     batch = batch_size or PlansManager(plans).get_configuration(configuration).batch_size
-    return estimate_from_counts(counts, batch, device_type, optimizer_state_tensors(trainer_class))
+    return estimate_from_counts(counts, batch, device_type, optimizer_state_tensors(trainer_class), autocast)

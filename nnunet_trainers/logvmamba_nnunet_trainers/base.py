@@ -255,9 +255,9 @@ class LoGFamilyTrainer(PluginTrainer):
         batch = self.configuration_manager.batch_size
         if self.is_ddp:
             batch = math.ceil(batch / dist.get_world_size())
-        device_type = "cpu" if self.force_fp32 or self.device.type != "cuda" else "cuda"
+        cuda = self.device.type == "cuda"
         return estimate_configuration(type(self), self.plans_manager.plans, self.configuration_name, channels,
-                                      heads, device_type, batch)
+                                      heads, "cuda" if cuda else "cpu", batch, autocast=cuda and not self.force_fp32)
 
     def check_memory(self, capacity_bytes: int | None = None) -> None:
         """Raise :class:`InsufficientMemoryError` when the step's estimate exceeds ``capacity_bytes`` (default: the
