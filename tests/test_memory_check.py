@@ -36,6 +36,20 @@ def test_trainer_stops_early_with_the_plan_command(tmp_path, monkeypatch):
     assert f"needs about {needed / GB:.3g} GB" in message and "the device has 0.02 GB" in message
     assert "`logvmamba-nnunet plan -d 999 -c 3d_fullres --gpu-memory 0.02 -tr nnUNetTrainerLoGVMamba`" in message
     assert "-plans_name nnUNetLoGVMambaPlans_0.02G" in message and "-p nnUNetLoGVMambaPlans_0.02G" in message
+    assert "LOGVMAMBA_SKIP_MEMORY_CHECK=1" in message
+
+
+def test_skip_variable_trains_with_the_plan_anyway(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, monkeypatch)
+    started = []
+    monkeypatch.setattr("logvmamba_nnunet_trainers.base.device_memory_bytes", lambda device: 2 * 10**7)
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: started.append(True))
+    monkeypatch.setenv("LOGVMAMBA_SKIP_MEMORY_CHECK", "1")
+    trainer.on_train_start()
+    assert started == [True]
+    monkeypatch.setenv("LOGVMAMBA_SKIP_MEMORY_CHECK", "0")
+    with pytest.raises(InsufficientMemoryError):
+        trainer.on_train_start()
 
 
 def test_trainer_goes_on_when_the_step_fits(tmp_path, monkeypatch):

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from logvmamba_nnunet.nnunet.planner import GB, plans_identifier
 from logvmamba_nnunet.profiling.memory_estimate import MemoryEstimate
+
+SKIP_ENV = "LOGVMAMBA_SKIP_MEMORY_CHECK"
+"""Set to 1 to train without the check (the estimate's GPU calibration is provisional, docs/benchmarks.md)."""
+
+
+def check_skipped() -> bool:
+    """Whether ``LOGVMAMBA_SKIP_MEMORY_CHECK`` asks to train without the memory check."""
+    return os.environ.get(SKIP_ENV, "").lower() in ("1", "true", "yes")
 
 
 class InsufficientMemoryError(RuntimeError):
@@ -40,4 +49,5 @@ def shortfall_message(estimate: MemoryEstimate, capacity_bytes: int, trainer_nam
             f"(patch {list(patch_size)}, batch {estimate.batch_size}), but the device has {capacity_bytes / GB:.3g} "
             f"GB: it would run out of memory. Plan for this device with `logvmamba-nnunet plan -d {dataset_id} -c "
             f"{configuration} --gpu-memory {gigabytes:g} -tr {trainer_name}`, then `nnUNetv2_preprocess -d "
-            f"{dataset_id} -plans_name {plans} -c {configuration}` and train with `-p {plans}`.")
+            f"{dataset_id} -plans_name {plans} -c {configuration}` and train with `-p {plans}` (or set "
+            f"{SKIP_ENV}=1 to train with this plan anyway).")

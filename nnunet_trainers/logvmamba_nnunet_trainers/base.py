@@ -31,7 +31,12 @@ from logvmamba_nnunet.nnunet.checkpoints import (
     nonfinite_tensors,
     resume_sentence,
 )
-from logvmamba_nnunet.nnunet.memory_check import InsufficientMemoryError, device_memory_bytes, shortfall_message
+from logvmamba_nnunet.nnunet.memory_check import (
+    InsufficientMemoryError,
+    check_skipped,
+    device_memory_bytes,
+    shortfall_message,
+)
 from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
 from logvmamba_nnunet.profiling.memory_estimate import MemoryEstimate, estimate_configuration
 from logvmamba_nnunet.profiling.profile import network_inputs_and_outputs
@@ -261,9 +266,9 @@ class LoGFamilyTrainer(PluginTrainer):
 
     def check_memory(self, capacity_bytes: int | None = None) -> None:
         """Raise :class:`InsufficientMemoryError` when the step's estimate exceeds ``capacity_bytes`` (default: the
-        CUDA device's total memory; nothing is checked on other devices)."""
+        CUDA device's total memory; nothing is checked on other devices or with ``LOGVMAMBA_SKIP_MEMORY_CHECK=1``)."""
         capacity_bytes = capacity_bytes if capacity_bytes is not None else device_memory_bytes(self.device)
-        if capacity_bytes is None:
+        if capacity_bytes is None or check_skipped():
             return
         estimate = self.memory_estimate()
         self.print_to_log_file(f"estimated training memory: {estimate.describe()}")
