@@ -26,7 +26,7 @@ CONFIG = "3d_fullres"
 FOLDS = (0, 1, 2, 3, 4)
 CASES_PER_FOLD = 4
 LABEL_KEYS = {"organ": "1", "lesion": "2"}
-FAKE_COST = ModelCost(1_500_000, 2_000_000_000, 3 * 2**30)
+FAKE_COST = ModelCost(1_500_000, 2_000_000_000, 3 * 2**30, 7_500_000_000)
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_better_trainer_on_every_case_is_significant_and_files_hold_the_numbers(
 
     markdown = prefix.with_suffix(".md").read_text()
     assert markdown.strip() in out
-    assert "| TrainerA | nnUNetPlans | 1.50 | 2.0 | 3.00 |" in markdown
+    assert "| TrainerA | nnUNetPlans | 1.50 | 2.0 | 3.00 | 7.5 |" in markdown
     assert f"figure: {prefix.with_suffix('.png')}" in out
 
 
@@ -219,7 +219,10 @@ def test_network_cost_of_a_real_trainer_with_two_plans(results: Path, capsys):
     """nnU-Net's default trainer with a plain and a residual-encoder plan: the same counts as nnU-Net's own network
     builder gives for 1 input channel and 3 outputs (background, organ, lesion)."""
     import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    from logvmamba_nnunet.profiling.memory_estimate import estimate_configuration
 
     write_model(results, "nnUNetTrainer", random_dice(5))
     write_model(results, "nnUNetTrainer", random_dice(6), plans="nnUNetResEncUNetMPlans")
@@ -235,6 +238,9 @@ def test_network_cost_of_a_real_trainer_with_two_plans(results: Path, capsys):
         assert model["cost"]["trainable_parameters"] == sum(p.numel() for p in network.parameters())
         assert model["cost"]["forward_gflops"] > 0 and model["cost"]["saved_activations_gib"] > 0
         assert model["cost"]["note"] == ""
+        estimate = estimate_configuration(nnUNetTrainer, plans_factory.plans(resenc), CONFIG, 1, 3, "cuda").total
+        assert model["cost"]["training_memory_gb"] == pytest.approx(estimate / 1e9)
+        assert model["cost"]["training_memory_gb"] > model["cost"]["saved_activations_gib"] * 2**30 / 1e9
         assert network(torch.zeros(1, 1, 16, 32, 32))[0].shape[1] == 3
     assert models[0]["cost"]["trainable_parameters"] != models[1]["cost"]["trainable_parameters"]
 

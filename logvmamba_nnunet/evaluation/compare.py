@@ -57,11 +57,13 @@ class Model:
 
 @dataclass
 class ModelCost:
-    """The network's cost at the plan's patch size, batch 1; None with a ``note`` when it cannot be built."""
+    """The network's cost at the plan's patch size, batch 1, and the estimated peak memory of a training step at the
+    plan's batch size on a CUDA device; None with a ``note`` when it cannot be built."""
 
     trainable_parameters: int | None = None
     forward_flops: int | None = None
     saved_activation_bytes: int | None = None
+    training_memory_bytes: int | None = None
     note: str = ""
 
 
@@ -234,8 +236,11 @@ def evaluate_fold(validation: Path, gt_folder: Path, dataset_json: Path, nsd_tol
 def model_cost(model: Model, configuration: str, dataset_json: dict) -> ModelCost:
     """Trainable parameters, forward FLOPs (scan included) and saved-activation bytes (fp32) of the network the
     model's trainer builds for its plan, at the configuration's patch size with batch 1
-    (:mod:`logvmamba_nnunet.profiling.profile`). A trainer that cannot be imported, or whose network cannot be
-    built, gives an empty cost with the reason instead of failing the comparison."""
+    (:mod:`logvmamba_nnunet.profiling.profile`), and the estimated peak memory of one training step at the plan's
+    batch size on a CUDA device under fp16 autocast (:mod:`logvmamba_nnunet.profiling.memory_estimate`). A trainer
+    that cannot be imported, or whose network cannot be built, gives an empty cost with the reason instead of
+    failing the comparison."""
+    from logvmamba_nnunet.profiling.memory_estimate import estimate_configuration
     from logvmamba_nnunet.profiling.profile import (
         build_network,
         count_flops_and_memory,
@@ -251,9 +256,10 @@ def model_cost(model: Model, configuration: str, dataset_json: dict) -> ModelCos
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         patch = tuple(plans["configurations"][configuration]["patch_size"])
         conv_matmul, scan, saved = count_flops_and_memory(network, (1, in_channels, *patch))
+        training = estimate_configuration(trainer, plans, configuration, in_channels, outputs, "cuda").total
     except Exception as error:  # third-party trainer code can fail in any way; the comparison goes on without it
         return ModelCost(note=shorten(f"not profiled: {type(error).__name__}: {error}", 300, placeholder=" ..."))
-    return ModelCost(trainable, conv_matmul + scan, saved)
+    return ModelCost(trainable, conv_matmul + scan, saved, training)
 
 
 def paired_tests(comparison: Comparison) -> list[PairedTest]:

@@ -26,7 +26,8 @@ CONVENTIONS = {
     "both_empty": "reference and prediction empty: Dice 1 (nnU-Net's summary.json writes NaN), HD95 0, NSD 1",
     "cost": "the trainer's network for the configuration's patch size, batch 1: trainable parameters, FLOPs of one "
             "forward pass (2 per multiply-add, selective scan included), bytes of the fp32 tensors autograd saves "
-            "for backward",
+            "for backward; and the estimated peak memory of one training step at the plan's batch size on a CUDA "
+            "device under fp16 autocast (docs/usage.md, 'Plans that fit the GPU')",
 }
 
 
@@ -58,6 +59,7 @@ def _cost_fields(cost: ModelCost) -> dict:
             "forward_gflops": None if cost.forward_flops is None else cost.forward_flops / 1e9,
             "saved_activations_gib": None if cost.saved_activation_bytes is None
             else cost.saved_activation_bytes / 2**30,
+            "training_memory_gb": None if cost.training_memory_bytes is None else cost.training_memory_bytes / 1e9,
             "note": cost.note}
 
 
@@ -66,7 +68,7 @@ def _write_csv(comparison: Comparison, path: Path) -> None:
     fold_columns = [f"fold_{k}_mean" for k in comparison.folds]
     columns = ["model", "trainer", "plans", "target", "metric", "mean", "se", "n_folds", "n_cases", *fold_columns,
                "reference", "median_difference", "better", "statistic", "p_value", "p_holm",
-               "trainable_parameters", "forward_gflops", "saved_activations_gib", "note"]
+               "trainable_parameters", "forward_gflops", "saved_activations_gib", "training_memory_gb", "note"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -156,14 +158,17 @@ def format_markdown(comparison: Comparison) -> str:
                       _difference(t.median_difference, t.metric), t.better, f"{t.p_value:.3g}", f"{t.p_holm:.3g}"]
                      for t in comparison.tests])
     lines += ["", f"Networks at the {comparison.configuration} patch size, batch 1: FLOPs of one forward pass "
-              "(selective scan included) and the fp32 activations autograd saves for backward.", ""]
+              "(selective scan included) and the fp32 activations autograd saves for backward; training memory: "
+              "the estimated peak of one training step at the plan's batch size on a CUDA device under fp16 "
+              "autocast.", ""]
     cost_rows = []
     for model in comparison.models:
         cost = comparison.costs[model.label]
         cost_rows.append([model.label, model.plans, _number(cost.trainable_parameters, 1e6, 2),
-                          _number(cost.forward_flops, 1e9, 1), _number(cost.saved_activation_bytes, 2**30, 2)])
+                          _number(cost.forward_flops, 1e9, 1), _number(cost.saved_activation_bytes, 2**30, 2),
+                          _number(cost.training_memory_bytes, 1e9, 1)])
     lines += _table(["model", "plans", "trainable parameters (M)", "GFLOPs (forward, batch 1)",
-                     "saved activations (GiB, batch 1)"], cost_rows)
+                     "saved activations (GiB, batch 1)", "training memory (GB, estimated)"], cost_rows)
     notes = [f"- {label}: {cost.note}" for label, cost in comparison.costs.items() if cost.note]
     for label, counts in comparison.both_empty.items():
         empty = [f"{name} {count}" for name, count in counts.items() if count]
