@@ -1,19 +1,12 @@
 """benchmarks/block_overhead.py: its table's ratios (its saved-activation count is tested in test_profiling.py)."""
 
-import importlib.util
-import sys
 from argparse import Namespace
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "block_overhead.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("block_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("block_overhead.py", "block_overhead")
 
 
 def test_table_ratios_are_against_the_plain_network_and_the_backbone_of_the_same_topology():

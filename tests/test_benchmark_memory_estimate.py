@@ -1,19 +1,11 @@
 """benchmarks/memory_estimate.py: nnU-Net's topology for its plans, and estimate against measured peak on a tiny
 plan."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_estimate.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("memory_estimate_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("memory_estimate.py", "memory_estimate_benchmark")
 
 
 def test_plans_follow_nnunets_topology_rules():
