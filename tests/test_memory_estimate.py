@@ -8,6 +8,7 @@ from torch import nn
 
 from logvmamba_nnunet.modules.block import LoGVMambaBlock
 from logvmamba_nnunet.nnunet.synthetic_plans import synthetic_plans
+from logvmamba_nnunet.ops.scan_memo import observe_records
 from logvmamba_nnunet.profiling.memory_estimate import (
     CUDA_CALIBRATION,
     CUDA_RESERVE_BYTES,
@@ -42,12 +43,20 @@ def test_forward_count_matches_a_real_cpu_forward(recompute):
     what autograd saves in a real float32 forward on the CPU with the torch scan: exactly with recomputation (the
     default), within 3% without (the modelled scan's storages inside the blocks)."""
     network = log_network(recompute)
-    real = saved_activation_bytes(network, torch.randn(1, 1, *PATCH, requires_grad=True))
+    x = torch.randn(1, 1, *PATCH, requires_grad=True)
+    real = saved_activation_bytes(network, x)
+    memos: list[torch.Tensor] = []
+    with observe_records(memos.append):
+        network(x)
     counts = count_training_step(log_network(recompute), (1, *PATCH), "cpu")
-    counted = counts.saved_outside_fp32_blocks + counts.saved_in_fp32_blocks
+    counted = counts.saved_in_autocast_dtype + counts.saved_in_float32
     assert counted == real if recompute else counted == pytest.approx(real, rel=0.03)
     assert (counts.largest_recomputation > 0) == recompute
-    assert (counts.saved_in_fp32_blocks > 0) != recompute
+    # with recomputation the blocks keep only their inputs and, in float32, their scans' memos
+    blocks = sum(isinstance(m, LoGVMambaBlock) for m in network.modules())
+    assert blocks > 0 and len(memos) == (3 * blocks if recompute else 0)
+    memo_bytes = sum(t.untyped_storage().nbytes() for t in memos)
+    assert counts.saved_in_float32 == memo_bytes if recompute else counts.saved_in_float32 > 0
     assert counts.parameters == sum(p.numel() for p in network.parameters())
 
 
@@ -59,13 +68,13 @@ def test_blocks_keep_their_recompute_setting_and_plain_networks_have_no_recomput
     counts = count_training_step(plain, (1, 8, 8, 8), "cpu")
     real = saved_activation_bytes(nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(4, 3, 1)),
                                   torch.randn(1, 1, 8, 8, 8, requires_grad=True))
-    assert counts.saved_outside_fp32_blocks == real and counts.largest_recomputation == 0
+    assert counts.saved_in_autocast_dtype == real and counts.largest_recomputation == 0
     assert counts.saved_by_loss > 0 and counts.batch_data == 4 * (8**3 + 8**3)
 
 
 def test_estimate_sums_its_parts():
-    counts = StepCounts(parameters=1000, parameters_outside_fp32_blocks=600, saved_outside_fp32_blocks=4000,
-                        saved_in_fp32_blocks=1000, saved_by_loss=500, largest_recomputation=300, largest_saved=100,
+    counts = StepCounts(parameters=1000, parameters_outside_fp32_blocks=600, saved_in_autocast_dtype=4000,
+                        saved_in_float32=1000, saved_by_loss=500, largest_recomputation=300, largest_saved=100,
                         batch_data=50)
     cpu = estimate_from_counts(counts, 3, "cpu", optimizer_states=2)
     assert (cpu.weights, cpu.gradients, cpu.optimizer_state, cpu.half_precision_weights) == (4000, 4000, 8000, 0)

@@ -1,7 +1,8 @@
 """The residual pre-norm block: x + DropPath(mixer(LayerNorm(x))), channels-last, 2D and 3D (paper §3.3, Fig. 3).
 
 In training the block recomputes its activations in backward by default (``recompute``): it keeps only its input
-and reruns its forward when the gradient reaches it (see ``docs/architecture.md``, "Memory and recomputation").
+and the selective scan's results, and reruns the rest of its forward when the gradient reaches it (see
+``docs/architecture.md``, "Memory and recomputation").
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.utils import checkpoint
 from logvmamba_nnunet.modules.mixer import LoGVMambaMixer
 from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.modules.validation import check_positive_int
+from logvmamba_nnunet.ops.scan_memo import ScanMemo
 
 __all__ = ["DropPath", "LoGVMambaBlock"]
 
@@ -33,8 +35,10 @@ class LoGVMambaBlock(nn.Module):
             projections and convolutions follow autocast.
         recompute: in training with gradients enabled, keep only the block's input for backward and recompute the
             rest when backward reaches the block (``torch.utils.checkpoint``, non-reentrant, RNG state restored so
-            the recomputed DropPath draws the same samples). Same outputs and gradients, far less memory, one more
-            forward of the block per step. No effect in eval mode or without gradients.
+            the recomputed DropPath draws the same samples). The selective scan is not rerun: its output and
+            saved states from the first run are kept and replayed (``ops/scan_memo.py``). Same outputs and
+            gradients, far less memory, one more forward of the block but the scan per step. No effect in eval
+            mode or without gradients.
         **mixer_kwargs: the other keyword arguments of ``LoGVMambaMixer`` (planned_size, expand, d_state,
             directions, placement, ltx_squeeze, gtx_stride, gtx_squeeze, scan_backend, dt_rank).
 
@@ -63,8 +67,14 @@ class LoGVMambaBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, *S, dim) channels-last -> (B, *S, dim), dtype and memory layout of x."""
         if self.recomputes:
-            return checkpoint.checkpoint(self._forward, x, use_reentrant=False, preserve_rng_state=True)
+            return checkpoint.checkpoint(self._recomputable_forward, ScanMemo(), x, use_reentrant=False,
+                                         preserve_rng_state=True)
         return self._forward(x)
+
+    def _recomputable_forward(self, memo: ScanMemo, x: Tensor) -> Tensor:
+        """The forward as recomputation runs it: the scan's results of the first run are replayed, not rerun."""
+        with memo.session():
+            return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
         if not self.fp32:

@@ -15,8 +15,9 @@ block buffer (T, K, b, g, n, h) stays in the CPU caches. Forward, for each block
    read out ``y_t = <C_t, h_t>`` with one batched matrix product for the whole block.
 Only decays <= 1 are ever multiplied; nothing is divided by a running decay.
 
-Backward saves only the inputs and the state at every block start. It walks the blocks from the last to the
-first. For each block it recomputes the decays and the states (steps 1-4) and scans the adjoint state
+Forward saves only the inputs and the state at every chunk start (as many values as one (b, d, L) sequence when
+T = n). Backward walks the blocks from the last to the first. For each block it recomputes the decays and the
+states (steps 1 and 4, from the saved chunk starts) and scans the adjoint state
 ``lambda_t = dL/dh_t``, which obeys ``lambda_t = exp(dt_{t+1} A) lambda_{t+1} + C_t g_t``, the same way: a
 local reverse scan, a carry across the chunks from the adjoint entering the block's end, and a rescan. Every
 gradient of the block then takes one or two whole-block products or batched matrix products.
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from logvmamba_nnunet.ops.constants import LOG2_E, SOFTPLUS_THRESHOLD
+from logvmamba_nnunet.ops.scan_memo import run_or_replay
 
 _Z_INPUT = 8
 """Position of z among the inputs of ``ChunkedSelectiveScan.forward`` (after delta_softplus and chunk_size)."""
@@ -111,6 +113,14 @@ def _make_plan(length: int, state_elements: int, chunk_size: int | None, device:
     n_chunks = -(-length // chunk_len)
     chunks_per_block = max(1, min(n_chunks, budget // (chunk_len * state_elements)))
     return _Plan(length, chunk_len, n_chunks, chunks_per_block)
+
+
+def saved_state_shape(batch: int, channels: int, state: int, length: int, chunk_size: int | None,
+                      device: torch.device) -> tuple[int, int, int, int]:
+    """Shape (n_chunks, b, d, n) of the chunk-start states that the scan saves for backward on ``device`` (as
+    many elements as the (n_chunks, b, g, n, h) tensor it stores)."""
+    plan = _make_plan(length, batch * channels * state, chunk_size, device)
+    return (plan.n_chunks, batch, channels, state)
 
 
 def _pad_steps(x: torch.Tensor, plan: _Plan) -> torch.Tensor:
@@ -420,28 +430,33 @@ def _sequence_sizes(seq: _Sequences, names: tuple[str, ...]) -> dict[str, int]:
 _BLOCK_SEQUENCES = ("x", "u", "du", "B", "C", "out_h")
 
 
-def _forward_scan(seq: _Sequences) -> tuple[torch.Tensor, torch.Tensor]:
-    """<C_t, h_t> + D u_t (b, g, h, padded L) and the state at every block start and at the end,
-    (n_blocks + 1, b, g, n, h)."""
+def _forward_scan(seq: _Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """<C_t, h_t> + D u_t (b, g, h, padded L), the state at every chunk start (n_chunks, b, g, n, h) and the last
+    state (b, g, n, h)."""
     plan = seq.plan
     b, g, n, h = seq.state_shape
     workspace = _Workspace(seq, 2, _sequence_sizes(seq, _BLOCK_SEQUENCES))
     outputs = seq.u[0].new_empty(b, g, h, plan.padded_length)
     output_blocks = _block_targets(outputs, plan)
-    boundaries = seq.u[0].new_zeros(plan.n_blocks + 1, b, g, n, h)
+    boundaries = seq.u[0].new_zeros(plan.n_chunks, b, g, n, h)
+    last = boundaries[0]
     for index, start, stop in plan.blocks():
         block = _Block.gather(seq, workspace, index, start, stop)
         _block_decays(seq, block, workspace.block(0, block.chunks))
         decays = workspace.block_steps(0, block.chunks)
         states = _outer(block.du, block.B, out=workspace.block(1, block.chunks))
         drives = workspace.block_steps(1, block.chunks)
-        _rescan(decays, drives, _chunk_starts(seq, block, decays, drives, boundaries[index], workspace)[0])
+        starts = _chunk_starts(seq, block, decays, drives, boundaries[start], workspace)[0]
+        boundaries[start:stop] = starts
+        _rescan(decays, drives, starts)
         y = _sum_over_state(states, block.C, out=workspace.sequence("out_h", block.chunks))
         if seq.D is not None:
             y.addcmul_(block.u, seq.D)
         output_blocks[index].copy_(y)
-        boundaries[index + 1] = drives[-1][-1]
-    return outputs, boundaries
+        last = drives[-1][-1]
+        if stop < plan.n_chunks:
+            boundaries[stop] = last
+    return outputs, boundaries, last.clone()
 
 
 @dataclass
@@ -494,12 +509,13 @@ def _adjoint_ends(
 
 
 def _backward_block(
-    seq: _Sequences, index: int, block: _Block, grad: torch.Tensor, start_state: torch.Tensor,
+    seq: _Sequences, index: int, block: _Block, grad: torch.Tensor, starts: torch.Tensor,
     entering: torch.Tensor, grads: _Gradients, workspace: _Workspace,
 ) -> torch.Tensor:
-    """Recompute the block's states, scan its adjoint from ``entering`` (the adjoint of the block's end state)
-    and write or add every gradient of the block into ``grads``. Returns the adjoint of the block's start
-    state. ``grad``: the block's gradient with respect to <C_t, h_t>, (T, K, b, g, h).
+    """Recompute the block's states from its chunks' start states ``starts`` (K, b, g, n, h), scan its adjoint
+    from ``entering`` (the adjoint of the block's end state) and write or add every gradient of the block into
+    ``grads``. Returns the adjoint of the block's start state. ``grad``: the block's gradient with respect to
+    <C_t, h_t>, (T, K, b, g, h).
     """
     plan = seq.plan
     chunks = block.chunks
@@ -507,7 +523,7 @@ def _backward_block(
     decays = workspace.block_steps(0, chunks)
     states = _outer(block.du, block.B, out=workspace.block(1, chunks))
     drives = workspace.block_steps(1, chunks)
-    starts, totals = _chunk_starts(seq, block, decays, drives, start_state, workspace)
+    totals = _chunk_decays(seq, block, workspace) if chunks > 1 else None
     _rescan(decays, drives, starts)
 
     # The adjoint lambda_t = C_t g_t + exp(dt_{t+1} A) lambda_{t+1}, written over the injections C_t g_t.
@@ -560,8 +576,9 @@ def _backward_scan(
     seq: _Sequences, boundaries: torch.Tensor, grad_yc: torch.Tensor, grad_last: torch.Tensor | None,
     needs_yc: bool,
 ) -> _Gradients:
-    """Walk the blocks from last to first; ``grad_yc`` (b, d, L) is the gradient with respect to
-    <C_t, h_t> + D u_t and ``grad_last`` (b, g, n, h) the one of the last state (or None)."""
+    """Walk the blocks from last to first; ``boundaries`` (n_chunks, b, g, n, h) are the states at the chunk
+    starts, ``grad_yc`` (b, d, L) is the gradient with respect to <C_t, h_t> + D u_t and ``grad_last``
+    (b, g, n, h) the one of the last state (or None)."""
     plan = seq.plan
     b, g, n, h = seq.state_shape
     grad_blocks = _block_sources(_pad_steps(grad_yc, plan), g, plan)
@@ -583,7 +600,7 @@ def _backward_scan(
     for index, start, stop in plan.blocks(reverse=True):
         block = _Block.gather(seq, workspace, index, start, stop)
         grad = workspace.gather("grad", grad_blocks[index])
-        entering = _backward_block(seq, index, block, grad, boundaries[index], entering, grads, workspace)
+        entering = _backward_block(seq, index, block, grad, boundaries[start:stop], entering, grads, workspace)
     return grads
 
 
@@ -609,18 +626,23 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         Returns y (b, d, L) and the last state (b, d, n), both in the compute dtype.
         """
         u, delta, A, B, C, D, z, delta_bias = tensors
-        with torch.autocast(device_type=u.device.type, enabled=False):
-            dtype = _compute_dtype(u)
-            seq = _prepare(*(_cast(x, dtype) for x in (u, delta, A, B, C, D, delta_bias)), delta_softplus, chunk_size)
-            outputs, boundaries = _forward_scan(seq)
-            y = _unpad(outputs, u.shape[-1])
-            if z is not None:
-                y = y.mul_(F.silu(z.to(dtype)))
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, boundaries[:-1])
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            with torch.autocast(device_type=u.device.type, enabled=False):
+                dtype = _compute_dtype(u)
+                cast = (_cast(x, dtype) for x in (u, delta, A, B, C, D, delta_bias))
+                outputs, chunk_starts, last = _forward_scan(_prepare(*cast, delta_softplus, chunk_size))
+                y = _unpad(outputs, u.shape[-1])
+                if z is not None:
+                    y = y.mul_(F.silu(z.to(dtype)))
+            return y, last.transpose(2, 3).reshape(u.shape[0], A.shape[0], A.shape[1]), chunk_starts
+
+        y, last, chunk_starts = run_or_replay(u, compute)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_starts)
         ctx.delta_softplus = delta_softplus
         ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
-        return y, boundaries[-1].transpose(2, 3).reshape(u.shape[0], A.shape[0], A.shape[1])
+        return y, last
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor | None, grad_last: torch.Tensor | None):

@@ -43,6 +43,7 @@ from logvmamba_nnunet.ops.backends import import_failure, triton_unavailable_rea
 from logvmamba_nnunet.ops.constants import LN_2, LOG2_E, SOFTPLUS_THRESHOLD
 from logvmamba_nnunet.ops.integers import largest_power_of_two_divisor
 from logvmamba_nnunet.ops.scan_inputs import check_chunk_size
+from logvmamba_nnunet.ops.scan_memo import run_or_replay
 
 try:
     import triton
@@ -643,9 +644,13 @@ class _TritonSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, needs_grad):
         geometry = _plan(u, A, B, chunk_size)
-        with _device_scope(u):
-            y, last_state, tile_states = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                                  geometry, save_tile_states=needs_grad)
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            with _device_scope(u):
+                return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, geometry,
+                                save_tile_states=needs_grad)
+
+        y, last_state, tile_states = run_or_replay(u, compute)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, tile_states)
         ctx.geometry = geometry
         ctx.delta_softplus = delta_softplus

@@ -7,7 +7,8 @@ import torch
 from logvmamba_nnunet.ops.backends import load_optional_backend, resolve_backend
 from logvmamba_nnunet.ops.flops import active_scan_flop_counter
 from logvmamba_nnunet.ops.scan_inputs import as_grouped, check_chunk_size
-from logvmamba_nnunet.ops.scan_torch import selective_scan_torch
+from logvmamba_nnunet.ops.scan_memo import run_or_replay
+from logvmamba_nnunet.ops.scan_torch import saved_state_shape, selective_scan_torch
 
 _SEQUENCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PARAMETER_DTYPES = (torch.float32, torch.float64)
@@ -42,6 +43,14 @@ def _check_devices(named: dict[str, torch.Tensor | None]) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"all tensors must be on one device; got {listed}.")
+
+
+def _modelled_results(u: torch.Tensor, state: int, chunk_size: int | None) -> tuple[torch.Tensor, ...]:
+    """Zeros shaped as what the torch scan returns and saves: y (b, d, L), the last state (b, d, n) and the
+    chunk-start states, all float32; what a flop-counting run records in a scan memo."""
+    batch, channels, length = u.shape
+    shape = saved_state_shape(batch, channels, state, length, chunk_size, u.device)
+    return tuple(u.new_zeros(s, dtype=torch.float32) for s in (u.shape, (batch, channels, state), shape))
 
 
 def selective_scan(
@@ -100,8 +109,8 @@ def selective_scan(
     counter = active_scan_flop_counter()
     if counter is not None:
         counter.add(batch, channels, length, state, D is not None, z is not None, (u, delta, B, C, z))
-        y = u.new_zeros(u.shape)
-        return (y, u.new_zeros(batch, channels, state, dtype=torch.float32)) if return_last_state else y
+        y, last_state, _ = run_or_replay(u, lambda: _modelled_results(u, state, chunk_size))
+        return (y.to(u.dtype), last_state) if return_last_state else y.to(u.dtype)
     name = resolve_backend(backend, u.device)
     if name == "torch":
         result = selective_scan_torch(

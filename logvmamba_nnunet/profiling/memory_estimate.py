@@ -14,6 +14,7 @@ backward recomputes it. From these counts, for a batch size and a device:
   blocks are float16 (convolutions, norms and nonlinearities outside the blocks), those inside blocks with
   ``fp32`` and the loss's stay float32 (docs/architecture.md, "Memory and recomputation"); on the CPU (no
   autocast) everything is float32;
+- the scan memo of every recomputing block: its scan's output and chunk-start states (``ops/scan_memo.py``);
 - backward's transients: the largest block's activations while backward recomputes it (0 without
   recomputation) plus two gradient buffers of the largest saved storage;
 - the selective scan's block buffers (``ops/scan_torch.py``: its kept CPU workspace, or three block buffers of
@@ -59,12 +60,13 @@ SCAN_BUFFERS = 3
 @dataclass(frozen=True)
 class StepCounts:
     """What one training step of a network keeps, counted at batch 1 in float32 on the meta device (bytes, except
-    ``parameters``: elements)."""
+    ``parameters``: elements). Under autocast, ``saved_in_autocast_dtype`` is half precision and
+    ``saved_in_float32`` (inside blocks with ``fp32``, and the scan memos) stays float32."""
 
     parameters: int
     parameters_outside_fp32_blocks: int
-    saved_outside_fp32_blocks: int
-    saved_in_fp32_blocks: int
+    saved_in_autocast_dtype: int
+    saved_in_float32: int
     saved_by_loss: int
     largest_recomputation: int
     largest_saved: int
@@ -103,14 +105,16 @@ class MemoryEstimate:
 
 class _SavedStorages:
     """Distinct storages saved for backward (bytes), each with the places it was saved in: a block, or None for
-    outside every block; and the inputs of the blocks in ``recomputing``, which their checkpoints keep."""
+    outside every block; and what the blocks in ``recomputing`` keep beside autograd: their inputs, which their
+    checkpoints keep, and their scan memos."""
 
     def __init__(self, network: nn.Module, recomputing: set[LoGVMambaBlock]) -> None:
         self.parameters = {p.untyped_storage()._cdata for p in network.parameters()}
         self.recomputing = recomputing
         self.bytes: dict[int, int] = {}
         self.places: dict[int, set[LoGVMambaBlock | None]] = {}
-        self.block_inputs: set[int] = set()
+        self.kept_by_recomputation: set[int] = set()
+        self.memos: set[int] = set()
         self.current: LoGVMambaBlock | None = None
         self.kept: list[torch.Tensor] = []
 
@@ -133,23 +137,34 @@ class _SavedStorages:
         if block in self.recomputing and isinstance(args[0], torch.Tensor):
             key = self._remember(args[0])
             if key is not None:
-                self.block_inputs.add(key)
+                self.kept_by_recomputation.add(key)
 
     def leave(self, block: LoGVMambaBlock, args: tuple, output: object) -> None:
         self.current = None
 
     def scan(self, inputs: tuple, device_type: str) -> None:
         """What ``ChunkedSelectiveScan`` saves: its sequence inputs and the float32 states at its chunk starts
-        (a storage of its own, of n_chunks * b * d * n elements)."""
+        (a storage of its own, of n_chunks * b * d * n elements). In a recomputing block, the scan memo keeps the
+        chunk-start states, the float32 output y (b, d, L) and the last state (b, d, n) beside the block's input
+        (``ops/scan_memo.py``)."""
         for tensor in inputs:
             if tensor is not None:
                 self.pack(tensor)
         u, state = inputs[0], inputs[2].shape[-2]
         batch, channels, length = u.shape
-        plan = scan_torch._make_plan(length, batch * channels * state, None, torch.device(device_type))
+        shape = scan_torch.saved_state_shape(batch, channels, state, length, None, torch.device(device_type))
+        states = self._model(FP32_BYTES * math.prod(shape))
+        if self.current in self.recomputing:
+            memo = (states, self._model(FP32_BYTES * u.numel()), self._model(FP32_BYTES * batch * channels * state))
+            self.kept_by_recomputation.update(memo)
+            self.memos.update(memo)
+
+    def _model(self, nbytes: int) -> int:
+        """A modelled storage of ``nbytes`` saved in the current place; its key."""
         key = -len(self.bytes) - 1
-        self.bytes[key] = FP32_BYTES * plan.n_chunks * batch * channels * state
+        self.bytes[key] = nbytes
         self.places[key] = {self.current}
+        return key
 
 
 def nnunet_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
@@ -194,8 +209,8 @@ def count_training_step(network: nn.Module, input_shape: tuple[int, ...], device
         nnunet_loss(outputs, [torch.zeros(shape, device="meta") for shape in target_shapes])
 
     internal = dict.fromkeys(recomputing, 0)
-    kept = set(storages.block_inputs)
-    for key in forward_keys - storages.block_inputs:
+    kept = set(storages.kept_by_recomputation)
+    for key in forward_keys - storages.kept_by_recomputation:
         places = storages.places[key]
         if places <= recomputing:
             for block in places:
@@ -203,12 +218,13 @@ def count_training_step(network: nn.Module, input_shape: tuple[int, ...], device
         else:
             kept.add(key)
     in_fp32 = {key for key in kept if storages.places.get(key) and storages.places[key] <= fp32_blocks}
+    in_fp32 |= storages.memos
     fp32_parameters = {id(p) for block in fp32_blocks for p in block.parameters()}
     return StepCounts(
         parameters=sum(p.numel() for p in network.parameters()),
         parameters_outside_fp32_blocks=sum(p.numel() for p in network.parameters() if id(p) not in fp32_parameters),
-        saved_outside_fp32_blocks=sum(storages.bytes[k] for k in kept - in_fp32),
-        saved_in_fp32_blocks=sum(storages.bytes[k] for k in in_fp32),
+        saved_in_autocast_dtype=sum(storages.bytes[k] for k in kept - in_fp32),
+        saved_in_float32=sum(storages.bytes[k] for k in in_fp32),
         saved_by_loss=sum(storages.bytes[k] for k in set(storages.bytes) - forward_keys),
         largest_recomputation=max(internal.values(), default=0),
         largest_saved=max((storages.bytes[k] for k in kept), default=0),
@@ -234,8 +250,8 @@ def estimate_from_counts(counts: StepCounts, batch_size: int, device_type: str, 
     cuda = device_type == "cuda"
     autocast = cuda if autocast is None else autocast
     calibration = CUDA_CALIBRATION if cuda else CPU_CALIBRATION
-    outside = counts.saved_outside_fp32_blocks * (FP16_BYTES / FP32_BYTES if autocast else 1)
-    activations = outside + counts.saved_in_fp32_blocks + counts.saved_by_loss
+    outside = counts.saved_in_autocast_dtype * (FP16_BYTES / FP32_BYTES if autocast else 1)
+    activations = outside + counts.saved_in_float32 + counts.saved_by_loss
     transients = counts.largest_recomputation + 2 * counts.largest_saved
     return MemoryEstimate(
         batch_size=batch_size, device_type=device_type,

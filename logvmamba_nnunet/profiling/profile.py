@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from logvmamba_nnunet.ops.flops import count_scan_flops
+from logvmamba_nnunet.ops.scan_memo import observe_records
 
 
 @dataclass
@@ -79,7 +80,8 @@ def build_network(trainer: type, plans: dict, configuration: str, in_channels: i
 
 def saved_activation_bytes(network: nn.Module, x: torch.Tensor) -> int:
     """Bytes that autograd keeps for backward after ``network(x)``: the distinct storages of the tensors it saves,
-    each counted once however many operations save it or views of it, parameters excluded (they exist anyway).
+    each counted once however many operations save it or views of it, parameters excluded (they exist anyway), and
+    the selective scans' results that recomputing blocks keep beside them (``ops/scan_memo.py``).
 
     Works on any device, the meta device included (storages are told apart by their C++ object, not by their
     address, which is 0 on meta); the saved tensors stay referenced until the count is done, so no storage of
@@ -96,7 +98,7 @@ def saved_activation_bytes(network: nn.Module, x: torch.Tensor) -> int:
             kept.append(tensor)
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), observe_records(pack):
         network(x)
     return sum(storages.values())
 
