@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from logvmamba_nnunet.modules.block import LoGVMambaBlock
+from logvmamba_nnunet.networks.log_vmamba_pooled_unet import PooledResidualDecoder
 from logvmamba_nnunet.nnunet.synthetic_plans import synthetic_plans
 from logvmamba_nnunet.ops.scan_memo import observe_records
 from logvmamba_nnunet.profiling.memory_estimate import (
@@ -34,6 +35,8 @@ def log_network(recompute: bool) -> nn.Module:
     for module in network.modules():
         if isinstance(module, LoGVMambaBlock):
             module.recompute = recompute
+        if isinstance(module, PooledResidualDecoder):
+            module.recompute_full_resolution = recompute
     return network
 
 

@@ -1,5 +1,6 @@
 """The LoG-VMamba U-Net with the authors' pooled 3D topology (``LoGVMambaPooledUNet``) and its trainer variant."""
 
+import copy
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from logvmamba_nnunet.networks.vmamba_unet_2d import LoGVMambaSwinUMamba2D
 from logvmamba_nnunet.nnunet.ddp import deep_supervision_head_names, freeze_deep_supervision_heads
 from logvmamba_nnunet.nnunet.plans import network_kwargs_from_configuration
 from logvmamba_nnunet.ops.flops import count_scan_flops
+from logvmamba_nnunet.profiling.profile import saved_activation_bytes
 from tests.plans_factory import DATASET_JSON, plans
 from tests.test_network_log_unet import he_std, plan_kwargs
 
@@ -280,3 +282,39 @@ def test_deep_supervision_heads_for_ddp():
     net(x).square().mean().backward()
     assert {n for n, p in net.named_parameters() if p.grad is None} == set(names)
     assert freeze_deep_supervision_heads(net) == names
+
+
+def test_full_resolution_recomputation_keeps_results_and_drops_the_tails_maps():
+    torch.manual_seed(0)
+    net = LoGVMambaPooledUNet(1, 3, True, **acdc_like_kwargs(features=(8, 16, 32, 64)))
+    plain = copy.deepcopy(net)
+    plain.decoder.recompute_full_resolution = False
+    assert net.decoder.recompute_full_resolution  # the default
+    x = torch.randn(2, 1, *ACDC_PATCH)
+    weights = [torch.randn(o.shape) for o in plain(x)]
+    results = []
+    for network in (net, plain):
+        torch.manual_seed(5)  # the blocks' DropPath draws
+        loss = sum((o * w).sum() for o, w in zip(network(x), weights, strict=True))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in network.named_parameters() if p.grad is not None}))
+    (loss, grads), (plain_loss, plain_grads) = results
+    assert torch.equal(loss, plain_loss) and grads.keys() == plain_grads.keys()
+    assert all(torch.equal(grads[n], plain_grads[n]) for n in grads)
+
+    saved, plain_saved = (saved_activation_bytes(n, x) for n in (net, plain))
+    full_map = 4 * 2 * 8 * math.prod(ACDC_PATCH)  # one float32 map of the stem's 8 channels
+    assert plain_saved - saved >= 4 * full_map  # the tail's block keeps at least 4 full-resolution maps
+    net.eval()  # no recomputation outside training
+    with torch.no_grad():
+        assert torch.equal(net(x)[0], plain.eval()(x)[0])
+
+
+def test_trainer_switch_for_full_resolution_recomputation(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    assert build(trainers.nnUNetTrainerLoGVMamba).decoder.recompute_full_resolution
+
+    class NoTailRecomputation(trainers.nnUNetTrainerLoGVMamba):
+        recompute_full_resolution = False
+
+    assert not build(NoTailRecomputation).decoder.recompute_full_resolution

@@ -36,6 +36,7 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_po
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
+from torch.utils import checkpoint
 
 from logvmamba_nnunet.modules.precision import autocast_disabled
 from logvmamba_nnunet.modules.validation import per_axis
@@ -177,11 +178,19 @@ class PooledResidualDecoder(nn.Module):
     (s = 0 .. n - 2). ``deep_supervision`` (set by nnU-Net's ``set_deep_supervision_enabled``) switches between the
     full-resolution logits and the list of every head's logits, full resolution first.
 
+    ``recompute_full_resolution``: in training with gradients, the full-resolution tail (:meth:`full_resolution`)
+    keeps only its inputs (the stem's output and the lowest decoder level's, which the network keeps anyway) and
+    recomputes its activations when backward reaches it (``torch.utils.checkpoint``, non-reentrant); same outputs
+    and gradients. Its block's maps are the largest of the network: at a 128^3 patch with 32 channels, 5 maps of
+    256 MiB per sample.
+
     Forward: (stem output, encoder stage outputs) -> logits (B, num_classes, *S) or the list.
     """
 
-    def __init__(self, topology: PlanTopology, num_classes: int, deep_supervision: bool):
+    def __init__(self, topology: PlanTopology, num_classes: int, deep_supervision: bool,
+                 recompute_full_resolution: bool = True):
         super().__init__()
+        self.recompute_full_resolution = recompute_full_resolution
         t, f = topology, topology.features_per_stage
         levels = list(reversed(range(t.n_stages - 1)))  # encoder stage of each decoder level, lowest resolution first
         self.upsample_convs = nn.ModuleList(t.conv_op(f[s + 1], f[s], kernel_size=1) for s in levels)
@@ -202,14 +211,23 @@ class PooledResidualDecoder(nn.Module):
             return x
         return F.interpolate(x, size=like.shape[2:], mode=self.mode, align_corners=False)
 
+    def full_resolution(self, x: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
+        """The tail at the stem's resolution: the highest decoder level's output x (B, C_0, *S_0) and the stem's
+        output (B, C_0, *S) -> logits (B, num_classes, *S). Starts with ``stem_upsample_conv``, ends with
+        ``heads[0]``."""
+        return self.heads[0](self.stem_block(self.upsample_to(self.stem_upsample_conv(x), stem) + stem))
+
     def forward(self, stem: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         x = skips[-1]
         levels = []
         for conv, stage, skip in zip(self.upsample_convs, self.stages, reversed(skips[:-1])):
             x = stage(self.upsample_to(conv(x), skip) + skip)
             levels.append(x)
-        x = self.stem_block(self.upsample_to(self.stem_upsample_conv(x), stem) + stem)
-        logits = self.heads[0](x)
+        if self.recompute_full_resolution and self.training and torch.is_grad_enabled():
+            logits = checkpoint.checkpoint(self.full_resolution, x, stem, use_reentrant=False,
+                                           preserve_rng_state=False)
+        else:
+            logits = self.full_resolution(x, stem)
         if not self.deep_supervision:
             return logits
         return [logits, *(head(level) for head, level in zip(self.heads[1:], reversed(levels)))]
@@ -233,6 +251,8 @@ class LoGVMambaPooledUNet(nn.Module):
         drop_path_rate, fp32_blocks, scan_backend, force_fp32, recompute_blocks: as ``LoGVMambaUNet`` (the same
             blocks, built by ``build_stage_blocks``; the 3D defaults are the authors' LayerNorm eps 1e-6, DropPath
             0.1, fp32 blocks).
+        recompute_full_resolution: the decoder's full-resolution tail recomputes its activations in backward
+            (``PooledResidualDecoder``).
         **arch_kwargs: the plan's ``architecture.arch_kwargs`` (see ``PlanTopology.from_arch_kwargs``).
 
     Every Conv2d/Conv3d, those in the blocks included, gets ``InitWeights_He(1e-2)``, as the authors' whole model.
@@ -250,7 +270,8 @@ class LoGVMambaPooledUNet(nn.Module):
                  gtx_squeezes: Sequence[int] | None = None, ltx_squeeze: int | None = None,
                  expand: float | None = None, d_state: int = 16, directions: int = 1, placement: str = "interleaved",
                  drop_path_rate: float = 0.1, fp32_blocks: bool = True, scan_backend: str = "auto",
-                 force_fp32: bool = False, recompute_blocks: bool = True, **arch_kwargs):
+                 force_fp32: bool = False, recompute_blocks: bool = True, recompute_full_resolution: bool = True,
+                 **arch_kwargs):
         super().__init__()
         topology = PlanTopology.from_arch_kwargs(**arch_kwargs)
         if umamba_depth_rule:
@@ -271,7 +292,7 @@ class LoGVMambaPooledUNet(nn.Module):
             directions=directions, placement=placement, drop_path_rate=drop_path_rate, fp32_blocks=fp32_blocks,
             scan_backend=scan_backend, recompute_blocks=recompute_blocks)
         self.encoder = PooledResidualEncoder(input_channels, topology, layers, self.stem_pool)
-        self.decoder = PooledResidualDecoder(topology, num_classes, deep_supervision)
+        self.decoder = PooledResidualDecoder(topology, num_classes, deep_supervision, recompute_full_resolution)
         self.force_fp32 = force_fp32
         self.apply(InitWeights_He(1e-2))
 

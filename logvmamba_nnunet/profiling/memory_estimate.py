@@ -3,9 +3,10 @@
 One training-mode forward pass plus nnU-Net's loss (Dice + cross-entropy with deep supervision) runs at batch 1 on
 the meta device (no memory, no arithmetic) while ``saved_tensors_hooks`` record every distinct storage autograd
 keeps for backward, as :func:`logvmamba_nnunet.profiling.profile.saved_activation_bytes` counts them. Each storage
-is attributed to where it was saved: inside a LoG-family block (``LoGVMambaBlock``) or elsewhere. The blocks run
-with their recomputation switched off for the count, so the count also gives what each block holds while
-backward recomputes it. From these counts, for a batch size and a device:
+is attributed to where it was saved: inside a region that can recompute its activations in backward (a LoG-family
+block, ``LoGVMambaBlock``, or the pooled decoder's full-resolution tail, ``PooledResidualDecoder``) or elsewhere. The
+regions run with their recomputation switched off for the count, so the count also gives what each region holds
+while backward recomputes it. From these counts, for a batch size and a device:
 
 - weights, gradients and optimizer state: 4 bytes per parameter each, times the optimizer's state tensors per
   parameter (Adam 2, SGD with momentum 1);
@@ -15,7 +16,7 @@ backward recomputes it. From these counts, for a batch size and a device:
   ``fp32`` and the loss's stay float32 (docs/architecture.md, "Memory and recomputation"); on the CPU (no
   autocast) everything is float32;
 - the scan memo of every recomputing block: its scan's output and chunk-start states (``ops/scan_memo.py``);
-- backward's transients: the largest block's activations while backward recomputes it (0 without
+- backward's transients: the largest region's activations while backward recomputes it (0 without
   recomputation) plus two gradient buffers of the largest saved storage;
 - the selective scan's block buffers (``ops/scan_torch.py``: its kept CPU workspace, or three block buffers of
   its element budget on GPUs);
@@ -39,6 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from logvmamba_nnunet.modules.block import LoGVMambaBlock
+from logvmamba_nnunet.networks.log_vmamba_pooled_unet import PooledResidualDecoder
 from logvmamba_nnunet.ops import scan_torch
 from logvmamba_nnunet.ops.flops import count_scan_flops
 
@@ -103,19 +105,46 @@ class MemoryEstimate:
                 f"transients {self.transients / gib:.2f}, other {other / gib:.2f})")
 
 
-class _SavedStorages:
-    """Distinct storages saved for backward (bytes), each with the places it was saved in: a block, or None for
-    outside every block; and what the blocks in ``recomputing`` keep beside autograd: their inputs, which their
-    checkpoints keep, and their scan memos."""
+@dataclass(eq=False)
+class _Region:
+    """A part of the network that can recompute its activations in backward, from the forward pre-hook of ``first``
+    to the forward hook of ``last``: a LoG-family block, or the pooled decoder's full-resolution tail. ``switch``
+    names the attribute of ``owner`` that turns its recomputation on; ``recompute`` is its setting, ``fp32``
+    whether the region runs in float32 under autocast."""
 
-    def __init__(self, network: nn.Module, recomputing: set[LoGVMambaBlock]) -> None:
+    owner: nn.Module
+    switch: str
+    first: nn.Module
+    last: nn.Module
+    recompute: bool
+    fp32: bool
+
+
+def _regions(network: nn.Module) -> list[_Region]:
+    """The network's LoG-family blocks and the full-resolution tails of its pooled decoders."""
+    regions = []
+    for module in network.modules():
+        if isinstance(module, LoGVMambaBlock):
+            regions.append(_Region(module, "recompute", module, module, module.recompute, module.fp32))
+        elif isinstance(module, PooledResidualDecoder):
+            regions.append(_Region(module, "recompute_full_resolution", module.stem_upsample_conv, module.heads[0],
+                                   module.recompute_full_resolution, False))
+    return regions
+
+
+class _SavedStorages:
+    """Distinct storages saved for backward (bytes), each with the places it was saved in: a region, or None for
+    outside every region; and what the regions in ``recomputing`` keep beside autograd: their inputs, which their
+    checkpoints keep, and their blocks' scan memos."""
+
+    def __init__(self, network: nn.Module, recomputing: set[_Region]) -> None:
         self.parameters = {p.untyped_storage()._cdata for p in network.parameters()}
         self.recomputing = recomputing
         self.bytes: dict[int, int] = {}
-        self.places: dict[int, set[LoGVMambaBlock | None]] = {}
+        self.places: dict[int, set[_Region | None]] = {}
         self.kept_by_recomputation: set[int] = set()
         self.memos: set[int] = set()
-        self.current: LoGVMambaBlock | None = None
+        self.current: _Region | None = None
         self.kept: list[torch.Tensor] = []
 
     def _remember(self, tensor: torch.Tensor) -> int | None:
@@ -132,15 +161,17 @@ class _SavedStorages:
             self.places.setdefault(key, set()).add(self.current)
         return tensor
 
-    def enter(self, block: LoGVMambaBlock, args: tuple) -> None:
-        self.current = block
-        if block in self.recomputing and isinstance(args[0], torch.Tensor):
+    def enter(self, region: _Region, args: tuple) -> None:
+        self.current = region
+        if region in self.recomputing and isinstance(args[0], torch.Tensor):
             key = self._remember(args[0])
             if key is not None:
                 self.kept_by_recomputation.add(key)
 
-    def leave(self, block: LoGVMambaBlock, args: tuple, output: object) -> None:
-        self.current = None
+    def hook(self, region: _Region, stack: contextlib.ExitStack) -> None:
+        """Attribute what is saved from ``region.first``'s start to ``region.last``'s end to ``region``."""
+        stack.callback(region.first.register_forward_pre_hook(lambda _, args: self.enter(region, args)).remove)
+        stack.callback(region.last.register_forward_hook(lambda *_: setattr(self, "current", None)).remove)
 
     def scan(self, inputs: tuple, device_type: str) -> None:
         """What ``ChunkedSelectiveScan`` saves: its sequence inputs and the float32 states at its chunk starts
@@ -188,17 +219,16 @@ def count_training_step(network: nn.Module, input_shape: tuple[int, ...], device
     afterwards) for one sample of ``input_shape`` = (channels, *patch). ``device_type`` sets how the selective
     scan cuts its sequences into chunks (its saved chunk-start states), which differs between the CPU and GPUs."""
     network = network.to("meta").train()
-    blocks = [m for m in network.modules() if isinstance(m, LoGVMambaBlock)]
-    recomputing = {block for block in blocks if block.recompute}
-    fp32_blocks = {block for block in blocks if block.fp32}
+    regions = _regions(network)
+    recomputing = {region for region in regions if region.recompute}
+    fp32_regions = {region for region in regions if region.fp32}
     storages = _SavedStorages(network, recomputing)
     x = torch.zeros((1, *input_shape), device="meta", requires_grad=True)
     with contextlib.ExitStack() as stack:
-        for block in blocks:
-            stack.callback(setattr, block, "recompute", block.recompute)
-            block.recompute = False
-            stack.callback(block.register_forward_pre_hook(storages.enter).remove)
-            stack.callback(block.register_forward_hook(storages.leave).remove)
+        for region in regions:
+            stack.callback(setattr, region.owner, region.switch, region.recompute)
+            setattr(region.owner, region.switch, False)
+            storages.hook(region, stack)
         stack.enter_context(FlopCounterMode(display=False))
         stack.enter_context(count_scan_flops(lambda inputs: storages.scan(inputs, device_type)))
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(storages.pack, lambda t: t))
@@ -213,13 +243,13 @@ def count_training_step(network: nn.Module, input_shape: tuple[int, ...], device
     for key in forward_keys - storages.kept_by_recomputation:
         places = storages.places[key]
         if places <= recomputing:
-            for block in places:
-                internal[block] += storages.bytes[key]
+            for region in places:
+                internal[region] += storages.bytes[key]
         else:
             kept.add(key)
-    in_fp32 = {key for key in kept if storages.places.get(key) and storages.places[key] <= fp32_blocks}
+    in_fp32 = {key for key in kept if storages.places.get(key) and storages.places[key] <= fp32_regions}
     in_fp32 |= storages.memos
-    fp32_parameters = {id(p) for block in fp32_blocks for p in block.parameters()}
+    fp32_parameters = {id(p) for region in fp32_regions for p in region.owner.parameters()}
     return StepCounts(
         parameters=sum(p.numel() for p in network.parameters()),
         parameters_outside_fp32_blocks=sum(p.numel() for p in network.parameters() if id(p) not in fp32_parameters),

@@ -189,8 +189,11 @@ class LoGFamilyTrainer(PluginTrainer):
       stage (3D) / decoder block (2D: None means ``local_global``; ``vss`` is Swin-UMamba-dagger's decoder);
     - ``placement``, ``directions``: global-token placement and scan directions of every block;
     - ``force_fp32``: the whole network in fp32 and no gradient scaler;
-    - ``recompute_blocks``: every LoG-family/VMamba block keeps only its input for backward and recomputes its
-      activations there (same results, far less activation memory, one more forward of the blocks);
+    - ``recompute_blocks``: every LoG-family/VMamba block keeps only its input (and its scan's results) for
+      backward and recomputes its other activations there (same results, far less activation memory, one more
+      forward of the blocks but their scans);
+    - ``recompute_full_resolution``: the same for the pooled network's full-resolution decoder tail (its largest
+      maps);
     - ``use_vmamba_2d``: which network 2D configurations get;
     - ``topology``: ``"pooled"`` or ``"stage"``, the U-Net for 3D configurations (and 2D ones without
       ``use_vmamba_2d``);
@@ -208,6 +211,7 @@ class LoGFamilyTrainer(PluginTrainer):
     directions: int = 1
     force_fp32: bool = False
     recompute_blocks: bool = True
+    recompute_full_resolution: bool = True
     use_vmamba_2d: bool = True
     optimizer_states: int = 2
 
@@ -249,8 +253,10 @@ class LoGFamilyTrainer(PluginTrainer):
         if cls.topology not in ("stage", "pooled"):
             raise ValueError(f"{cls.__name__}.topology is {cls.topology!r}; use 'stage' (LoGVMambaUNet) or 'pooled' "
                              "(LoGVMambaPooledUNet).")
-        network_class = LoGVMambaPooledUNet if cls.topology == "pooled" else LoGVMambaUNet
-        return network_class(num_input_channels, num_output_channels, enable_deep_supervision, **kwargs)
+        if cls.topology == "stage":
+            return LoGVMambaUNet(num_input_channels, num_output_channels, enable_deep_supervision, **kwargs)
+        return LoGVMambaPooledUNet(num_input_channels, num_output_channels, enable_deep_supervision,
+                                   recompute_full_resolution=cls.recompute_full_resolution, **kwargs)
 
     def memory_estimate(self) -> MemoryEstimate:
         """Estimated peak memory of one training step at this configuration on this trainer's device (per GPU
