@@ -8,7 +8,9 @@ LoG-VMamba U-Net (``stage``: blocks at every stage's resolution; ``pooled``: the
 - (a) nnU-Net's ``PlainConvUNet``, built from the plan as nnU-Net builds it;
 - (b) the backbone alone: the trainer's network with every stage kind ``none`` (no LoG-family block);
 - (c) ``nnUNetTrainerLoGVMamba``'s network (its defaults: kinds, recomputation, fp32 blocks);
-- (c') the same with ``recompute_blocks = False`` (every block keeps its activations for backward).
+- (c') the same with ``recompute_blocks = False`` (every block keeps its activations for backward);
+- (c'') for the pooled topology, (c) with ``recompute_full_resolution = False`` (the decoder's full-resolution tail
+  keeps its activations for backward).
 
 Per network: the training step (forward, cross-entropy over the deep-supervision outputs, backward, Adam step;
 median of ``--repeats`` after one warm-up, the networks interleaved so that load changes hit all alike), the
@@ -74,9 +76,10 @@ def network_builders(plans: dict) -> dict[str, Callable[[], nn.Module]]:
         return get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
                                       configuration.network_arch_init_kwargs_req_import, 1, 3, deep_supervision=True)
 
-    def trainer_network(topology: str, backbone_only: bool, recompute: bool = True) -> Callable[[], nn.Module]:
+    def trainer_network(topology: str, backbone_only: bool, recompute: bool = True,
+                        full_resolution: bool = True) -> Callable[[], nn.Module]:
         attributes = {"topology": topology, "recompute_blocks": recompute,
-                      **({"stage_kind": "none"} if backbone_only else {})}
+                      "recompute_full_resolution": full_resolution, **({"stage_kind": "none"} if backbone_only else {})}
         trainer = type("BenchmarkTrainer", (nnUNetTrainerLoGVMamba,), attributes)
         return lambda: trainer.build_network_architecture(manager, configuration, 1, 3, True)
 
@@ -85,6 +88,7 @@ def network_builders(plans: dict) -> dict[str, Callable[[], nn.Module]]:
         builders[f"(b) backbone, {topology}"] = trainer_network(topology, True)
         builders[f"(c) nnUNetTrainerLoGVMamba, {topology}"] = trainer_network(topology, False)
         builders[f"(c') recompute_blocks off, {topology}"] = trainer_network(topology, False, recompute=False)
+    builders["(c'') recompute_full_resolution off, pooled"] = trainer_network("pooled", False, full_resolution=False)
     return builders
 
 

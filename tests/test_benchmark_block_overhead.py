@@ -24,3 +24,18 @@ def test_table_ratios_are_against_the_plain_network_and_the_backbone_of_the_same
     assert lines["(c) nnUNetTrainerLoGVMamba, stage"][2:5] == ["6.00x", "1.50x", "2.500"]
     assert lines["(c) nnUNetTrainerLoGVMamba, pooled"][2:6] == ["3.00x", "1.50x", "1.250", "1.25x"]
     assert lines["(b) backbone, pooled"][3] == "-" and lines["(a) nnU-Net PlainConvUNet"][2] == "1.00x"
+
+
+def test_builders_switch_the_recomputations_they_name():
+    script = load_script()
+    builders = script.network_builders(script.plans_for("acdc"))
+    default = builders["(c) nnUNetTrainerLoGVMamba, pooled"]()
+    no_tail = builders["(c'') recompute_full_resolution off, pooled"]()
+    no_blocks = builders["(c') recompute_blocks off, pooled"]()
+    assert default.decoder.recompute_full_resolution and not no_tail.decoder.recompute_full_resolution
+
+    def recompute(network):
+        return {m.recompute for m in network.modules() if hasattr(m, "recompute") and hasattr(m, "mixer")}
+
+    assert recompute(default) == recompute(no_tail) == {True} and recompute(no_blocks) == {False}
+    assert not recompute(builders["(b) backbone, pooled"]())
