@@ -1,5 +1,6 @@
 """End to end with nnU-Net's stock console scripts on CPU: plan, train (tiny LoG-VMamba trainer), resume,
-predict twice, for 3d_fullres, 2d and a ResEnc plans file."""
+predict twice, for 3d_fullres with nnU-Net's default and a ResEnc plans file. (2d: ``test_e2e_2d.py`` plans, trains
+and predicts, ``test_checkpoints.py`` resumes, ``test_e2e_workflow.py`` runs five folds and the ensemble.)"""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def planned(tmp_path_factory) -> tuple[dict[str, str], Path]:
                 EXT_TRAINER_ENV: ext_trainer_value(),
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
     dataset = make_synthetic_dataset(root / "nnUNet_raw", DATASET_ID, num_train=6, num_test=2, size=(20, 28, 24))
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "2d", "-np", "2", "2",
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2",
          "--verify_dataset_integrity"], env)
     run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2",
          "-pl", "nnUNetPlannerResEncM"], env)
@@ -60,7 +61,7 @@ def predict(env, dataset: Path, output: Path, configuration: str, plans: str) ->
     return sorted(output.glob("*.nii.gz"))
 
 
-@pytest.mark.parametrize("configuration, plans", [("3d_fullres", "nnUNetPlans"), ("2d", "nnUNetPlans"),
+@pytest.mark.parametrize("configuration, plans", [("3d_fullres", "nnUNetPlans"),
                                                   ("3d_fullres", "nnUNetResEncUNetMPlans")])
 def test_train_resume_predict(planned, tmp_path, configuration, plans):
     env, dataset = planned
