@@ -54,7 +54,9 @@ def test_forward_count_matches_a_real_cpu_forward(recompute):
     counts = count_training_step(log_network(recompute), (1, *PATCH), "cpu")
     counted = counts.saved_in_autocast_dtype + counts.saved_in_float32
     assert counted == real if recompute else counted == pytest.approx(real, rel=0.03)
-    assert (counts.largest_recomputation > 0) == recompute
+    # the float32 blocks and the full-resolution tail (autocast dtype) both recompute
+    assert (counts.largest_recomputation_in_float32 > 0) == recompute
+    assert (counts.largest_recomputation_in_autocast_dtype > 0) == recompute
     # with recomputation the blocks keep only their inputs and, in float32, their scans' memos
     blocks = sum(isinstance(m, LoGVMambaBlock) for m in network.modules())
     assert blocks > 0 and len(memos) == (3 * blocks if recompute else 0)
@@ -71,31 +73,36 @@ def test_blocks_keep_their_recompute_setting_and_plain_networks_have_no_recomput
     counts = count_training_step(plain, (1, 8, 8, 8), "cpu")
     real = saved_activation_bytes(nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(4, 3, 1)),
                                   torch.randn(1, 1, 8, 8, 8, requires_grad=True))
-    assert counts.saved_in_autocast_dtype == real and counts.largest_recomputation == 0
+    assert counts.saved_in_autocast_dtype == real and counts.largest_recomputation_in_float32 == 0
+    assert counts.largest_recomputation_in_autocast_dtype == 0
     assert counts.saved_by_loss > 0 and counts.batch_data == 4 * (8**3 + 8**3)
 
 
 def test_estimate_sums_its_parts():
     counts = StepCounts(parameters=1000, parameters_outside_fp32_blocks=600, saved_in_autocast_dtype=4000,
-                        saved_in_float32=1000, saved_by_loss=500, largest_recomputation=300, largest_saved=100,
+                        saved_in_float32=1000, saved_by_loss=500, largest_recomputation_in_float32=300,
+                        largest_recomputation_in_autocast_dtype=400, largest_saved=100,
                         batch_data=50)
     cpu = estimate_from_counts(counts, 3, "cpu", optimizer_states=2)
     assert (cpu.weights, cpu.gradients, cpu.optimizer_state, cpu.half_precision_weights) == (4000, 4000, 8000, 0)
-    assert (cpu.activations, cpu.transients, cpu.batch_data, cpu.reserve) == (3 * 5500, 3 * 500, 150, 0)
-    assert cpu.total == 4000 + 4000 + 8000 + 16500 + 1500 + 150 + scan_buffer_bytes("cpu")
+    # transients: the larger recomputation (the autocast-dtype region's 400, in float32 on the CPU) + 2 x 100
+    assert (cpu.activations, cpu.transients, cpu.batch_data, cpu.reserve) == (3 * 5500, 3 * 600, 150, 0)
+    assert cpu.total == 4000 + 4000 + 8000 + 16500 + 1800 + 150 + scan_buffer_bytes("cpu")
     cuda = estimate_from_counts(counts, 3, "cuda", optimizer_states=1)
     assert (cuda.optimizer_state, cuda.half_precision_weights) == (4000, 1200)
     assert cuda.activations == round(CUDA_CALIBRATION * 3 * 3500)
+    assert cuda.transients == round(CUDA_CALIBRATION * 3 * (300 + 200))  # the float32 region's 300 > 400 / 2
     assert cuda.reserve == CUDA_RESERVE_BYTES and cuda.scan_buffers > cpu.scan_buffers
     fp32 = estimate_from_counts(counts, 3, "cuda", optimizer_states=1, autocast=False)  # force_fp32 on a GPU
     assert (fp32.half_precision_weights, fp32.activations) == (0, round(CUDA_CALIBRATION * 3 * 5500))
+    assert fp32.transients == round(CUDA_CALIBRATION * 3 * 600)
     assert fp32.reserve == CUDA_RESERVE_BYTES and fp32.total > cuda.total
     with pytest.raises(ValueError, match="batch_size"):
         estimate_from_counts(counts, 0, "cpu")
 
 
 def test_largest_batch_size():
-    counts = StepCounts(1000, 1000, 10**6, 0, 0, 0, 0, 0)
+    counts = StepCounts(1000, 1000, 10**6, 0, 0, 0, 0, 0, 0)
     for budget in (scan_buffer_bytes("cpu") + 5 * 10**6, scan_buffer_bytes("cpu") + 3.5 * 10**7):
         batch = largest_batch_size(counts, budget, "cpu")
         assert estimate_from_counts(counts, batch, "cpu").total <= budget

@@ -17,7 +17,8 @@ while backward recomputes it. From these counts, for a batch size and a device:
   autocast) everything is float32;
 - the scan memo of every recomputing block: its scan's output and chunk-start states (``ops/scan_memo.py``);
 - backward's transients: the largest region's activations while backward recomputes it (0 without
-  recomputation) plus two gradient buffers of the largest saved storage;
+  recomputation; float16 under autocast unless the region runs in float32) plus two gradient buffers of the
+  largest saved storage;
 - the selective scan's block buffers (``ops/scan_torch.py``: its kept CPU workspace, or three block buffers of
   its element budget on GPUs);
 - the batch itself (image and the targets of every deep-supervision output, float32);
@@ -47,7 +48,7 @@ from logvmamba_nnunet.ops.flops import count_scan_flops
 FP32_BYTES = 4
 FP16_BYTES = 2
 CPU_CALIBRATION = 1.0
-"""Factor on activations and transients on the CPU: without correction the estimate is 0.90-1.03 times the measured
+"""Factor on activations and transients on the CPU: without correction the estimate is 0.86-1.06 times the measured
 peaks of ``benchmarks/memory_estimate.py`` (six plans), so none is applied."""
 CUDA_CALIBRATION = 1.35
 """Factor on activations and transients on CUDA: the measured H100 peak of ``benchmarks/train_step.py --device cuda
@@ -63,14 +64,17 @@ SCAN_BUFFERS = 3
 class StepCounts:
     """What one training step of a network keeps, counted at batch 1 in float32 on the meta device (bytes, except
     ``parameters``: elements). Under autocast, ``saved_in_autocast_dtype`` is half precision and
-    ``saved_in_float32`` (inside blocks with ``fp32``, and the scan memos) stays float32."""
+    ``saved_in_float32`` (inside blocks with ``fp32``, and the scan memos) stays float32; the largest recomputation
+    (what a recomputing region holds while backward recomputes it) is counted for the float32 regions and the
+    others apart, for the same reason."""
 
     parameters: int
     parameters_outside_fp32_blocks: int
     saved_in_autocast_dtype: int
     saved_in_float32: int
     saved_by_loss: int
-    largest_recomputation: int
+    largest_recomputation_in_float32: int
+    largest_recomputation_in_autocast_dtype: int
     largest_saved: int
     batch_data: int
 
@@ -256,7 +260,8 @@ def count_training_step(network: nn.Module, input_shape: tuple[int, ...], device
         saved_in_autocast_dtype=sum(storages.bytes[k] for k in kept - in_fp32),
         saved_in_float32=sum(storages.bytes[k] for k in in_fp32),
         saved_by_loss=sum(storages.bytes[k] for k in set(storages.bytes) - forward_keys),
-        largest_recomputation=max(internal.values(), default=0),
+        largest_recomputation_in_float32=max((internal[r] for r in internal if r.fp32), default=0),
+        largest_recomputation_in_autocast_dtype=max((internal[r] for r in internal if not r.fp32), default=0),
         largest_saved=max((storages.bytes[k] for k in kept), default=0),
         batch_data=FP32_BYTES * (math.prod(input_shape) + sum(math.prod(s) for s in target_shapes)))
 
@@ -280,9 +285,10 @@ def estimate_from_counts(counts: StepCounts, batch_size: int, device_type: str, 
     cuda = device_type == "cuda"
     autocast = cuda if autocast is None else autocast
     calibration = CUDA_CALIBRATION if cuda else CPU_CALIBRATION
-    outside = counts.saved_in_autocast_dtype * (FP16_BYTES / FP32_BYTES if autocast else 1)
-    activations = outside + counts.saved_in_float32 + counts.saved_by_loss
-    transients = counts.largest_recomputation + 2 * counts.largest_saved
+    half = FP16_BYTES / FP32_BYTES if autocast else 1
+    activations = counts.saved_in_autocast_dtype * half + counts.saved_in_float32 + counts.saved_by_loss
+    recomputation = max(counts.largest_recomputation_in_float32, counts.largest_recomputation_in_autocast_dtype * half)
+    transients = recomputation + 2 * counts.largest_saved
     return MemoryEstimate(
         batch_size=batch_size, device_type=device_type,
         weights=FP32_BYTES * counts.parameters, gradients=FP32_BYTES * counts.parameters,
