@@ -132,7 +132,35 @@ def _evaluate_case(name: str) -> dict:
         repeat_outputs, repeat_grads = _run(triton_scan, inputs, options, weights)
         pairs = zip([*outputs, *grads], [*repeat_outputs, *repeat_grads], strict=True)
         result["bit_identical_repeat"] = all(a is None or torch.equal(a, b) for a, b in pairs)
+        result.update(_memo_replay(triton_scan, inputs, options, weights, [*outputs, *grads]))
     return result
+
+
+def _memo_replay(triton_scan, inputs: dict, options: dict, weights: tuple, expected: list) -> dict:
+    """Worker side: a scan memo's first session runs the forward kernels; a second session replays its results
+    without them, and its backward gives the expected outputs and gradients."""
+    from logvmamba_nnunet.ops import scan_triton
+    from logvmamba_nnunet.ops.scan_memo import ScanMemo
+
+    calls = []
+    forward = scan_triton._forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    scan_triton._forward = counted
+    memo = ScanMemo()
+    try:
+        with memo.session():
+            _run(triton_scan, inputs, options, weights)
+        with memo.session():
+            replay_outputs, replay_grads = _run(triton_scan, inputs, options, weights)
+    finally:
+        scan_triton._forward = forward
+    pairs = zip(expected, [*replay_outputs, *replay_grads], strict=True)
+    return {"memo_forward_calls": len(calls),
+            "memo_replay_identical": all(a is None or torch.equal(a, b) for a, b in pairs)}
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +200,11 @@ def test_gradients_match_float64_reference(interpreter_results: dict, name: str)
 
 def test_repeated_runs_are_bit_identical(interpreter_results: dict) -> None:
     assert interpreter_results[DETERMINISM_CASE]["bit_identical_repeat"]
+
+
+def test_scan_memo_replays_without_the_forward_kernels(interpreter_results: dict) -> None:
+    result = interpreter_results[DETERMINISM_CASE]
+    assert result["memo_forward_calls"] == 1 and result["memo_replay_identical"]
 
 
 def _small_cpu_inputs() -> list[torch.Tensor | None]:
